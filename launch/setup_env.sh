@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sourced by the other launch scripts: creates (or reuses) the project's virtualenv and installs
+# sw_zoo into it, editable, with the test extra. Reinstalls only when pyproject.toml changed.
+#   SW_ZOO_VENV  venv location (default: <repo>/.venv)
+#   PYTHON       interpreter used to create it (default: python3; needs >= 3.11)
+set -euo pipefail
+SW_ZOO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SW_ZOO_VENV=${SW_ZOO_VENV:-$SW_ZOO_ROOT/.venv}
+if [ ! -x "$SW_ZOO_VENV/bin/python" ]; then
+  "${PYTHON:-python3}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "sw_zoo needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+  echo "Creating virtualenv $SW_ZOO_VENV" >&2
+  "${PYTHON:-python3}" -m venv "$SW_ZOO_VENV"
+fi
+stamp="$SW_ZOO_VENV/.sw_zoo_install_stamp"
+want=$(sha256sum "$SW_ZOO_ROOT/pyproject.toml" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "Installing sw_zoo and its dependencies into $SW_ZOO_VENV (first run takes a few minutes)" >&2
+  "$SW_ZOO_VENV/bin/python" -m pip install -q --upgrade pip
+  "$SW_ZOO_VENV/bin/python" -m pip install -q -e "$SW_ZOO_ROOT[test]"
+  echo "$want" > "$stamp"
+fi
+export PATH="$SW_ZOO_VENV/bin:$PATH"

@@ -1,0 +1,102 @@
+"""Writes record bytes into ArrayRecord shards of a fixed number of records.
+
+Shards are named `<split>-00000-of-00004.array_record`. The total is only known at the end (a
+converter may skip unreadable images), so each shard is first written to
+`<split>-00000.array_record.tmp` and all are renamed to their final names in `close()`. An
+interrupted run therefore leaves only `.tmp` files, never a shard that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+
+from array_record.python import array_record_module
+
+# group_size:1 makes every record its own chunk, so random access (grain's global shuffle) reads
+# exactly one record. Images are already compressed; a second compression would only cost CPU.
+ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"
+SHARD_SUFFIX = ".array_record"
+
+
+def shard_filename(split: str, index: int, num_shards: int) -> str:
+  return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+class ShardWriter:
+  """Context manager: `write(record_bytes)` many times, get the shard file names on close.
+
+      with ShardWriter(out_dir, "train", shard_size=2000) as writer:
+        for raw in records:
+          writer.write(raw)
+      writer.filenames  # ["train-00000-of-00005.array_record", ...], relative to out_dir
+
+  On an exception inside the `with` block the partial `.tmp` files are removed.
+  """
+
+  def __init__(self, out_dir: str | os.PathLike, split: str, shard_size: int,
+               options: str = ARRAY_RECORD_OPTIONS):
+    if shard_size <= 0:
+      raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if not split or "/" in split or "-" in split:
+      raise ValueError(f"split name must be non-empty without '/' or '-', got {split!r}")
+    self.out_dir = os.fspath(out_dir)
+    self.split = split
+    self.shard_size = shard_size
+    self.options = options
+    self.num_records = 0
+    self.filenames: list[str] = []
+    self._tmp_paths: list[str] = []
+    self._writer = None
+    self._closed = False
+    os.makedirs(self.out_dir, exist_ok=True)
+
+  def _open_next_shard(self) -> None:
+    tmp_path = os.path.join(
+        self.out_dir, f"{self.split}-{len(self._tmp_paths):05d}{SHARD_SUFFIX}.tmp")
+    self._tmp_paths.append(tmp_path)
+    self._writer = array_record_module.ArrayRecordWriter(tmp_path, self.options)
+
+  def write(self, record: bytes) -> None:
+    if self._closed:
+      raise ValueError(f"ShardWriter for split {self.split!r} is already closed")
+    if self._writer is None:
+      self._open_next_shard()
+    self._writer.write(record)
+    self.num_records += 1
+    if self.num_records % self.shard_size == 0:
+      self._writer.close()
+      self._writer = None
+
+  def close(self) -> list[str]:
+    """Finishes the last shard and renames all shards to their final names."""
+    if self._closed:
+      return self.filenames
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+    num_shards = len(self._tmp_paths)
+    for i, tmp_path in enumerate(self._tmp_paths):
+      name = shard_filename(self.split, i, num_shards)
+      os.replace(tmp_path, os.path.join(self.out_dir, name))
+      self.filenames.append(name)
+    self._closed = True
+    return self.filenames
+
+  def abort(self) -> None:
+    """Drops everything written so far."""
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+    for tmp_path in self._tmp_paths:
+      if os.path.exists(tmp_path):
+        os.remove(tmp_path)
+    self._closed = True
+
+  def __enter__(self) -> "ShardWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()

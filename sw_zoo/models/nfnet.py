@@ -1,0 +1,313 @@
+"""NFNet (Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
+Normalization") in Flax linen, with the geometry and numerics of timm's ``eca_nfnet_l*``.
+
+The architecture lives in one frozen dataclass, ``NFNetConfig``; named variants are one-line
+entries in ``VARIANTS``. Activation and attention are config fields, so "L2 + SiLU + ECA" or
+"L0 + ReLU" are configurations, not code.
+
+Parameter names mirror timm's module paths (``stem/conv1``, ``stages_2_5/conv2b``,
+``final_conv``, ``head``) so a converter is a renaming plus transposes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sw_zoo.models.layers import (ACTIVATIONS, ATTENTIONS, CONV_IMPLS, ECA, DropPath, SqueezeExcite, StdConv,
+                                  get_activation, make_divisible)
+
+Dtype = Any
+
+# timm's IMAGENET_DEFAULT_MEAN / _STD, in [0, 1] units; the model rescales them to [0, 255].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+STEM_TYPES = ("deep_quad", "deep", "3x3")
+
+
+@dataclasses.dataclass(frozen=True)
+class NFNetConfig:
+  """Architecture of an NFNet. Frozen and hashable, so it can be a linen module field."""
+  depths: tuple[int, ...]
+  channels: tuple[int, ...]
+  feat_mult: float = 2.0            # final 1x1 conv width = channels[-1] * feat_mult (0: no final conv)
+  group_size: int | None = 64       # channels per group in the 3x3 convs (None: dense)
+  bottle_ratio: float = 0.25        # bottleneck width = out_chs * bottle_ratio
+  stem_type: str = "deep_quad"      # one of STEM_TYPES
+  stem_chs: int = 128
+  extra_conv: bool = True           # second grouped 3x3 conv per block (NFNet-F/L)
+  alpha: float = 0.2                # residual branch scale; expected variance grows by alpha^2 per block
+  act: str = "silu"                 # key of layers.ACTIVATIONS
+  attn: str | None = None           # 'eca', 'se' or None; applied after conv3
+  attn_gain: float = 2.0            # NF correction after a sigmoid gate (which halves the variance)
+  se_rd_ratio: float = 0.5          # SE bottleneck ratio (timm NFNet-F: 0.5)
+  skipinit: bool = False            # learnable zero-init scalar per block instead of zero-init conv3 gain
+  std_conv_eps: float = 1e-5
+  ch_div: int = 8                   # channel rounding divisor (timm)
+  drop_rate: float = 0.0            # dropout before the head
+  drop_path_rate: float = 0.0       # stochastic depth, linearly increasing over blocks up to this
+  head_init_std: float = 0.01       # timm: N(0, 0.01); 0 gives a zero-initialised head
+  head_prior_prob: float | None = None  # head bias = logit(p) (rare-tag prior for sigmoid BCE)
+  input_mean: tuple[float, float, float] = IMAGENET_MEAN
+  input_std: tuple[float, float, float] = IMAGENET_STD
+
+  def __post_init__(self):
+    def bad(key, msg):
+      raise ValueError(f"NFNetConfig.{key}: {msg}")
+    # Coerce lists (from ConfigDicts / JSON) so the config stays hashable.
+    for key in ("depths", "channels", "input_mean", "input_std"):
+      object.__setattr__(self, key, tuple(getattr(self, key)))
+    if len(self.depths) != len(self.channels) or not self.depths:
+      bad("depths", f"{self.depths} and channels {self.channels} must be non-empty and the same length")
+    if any(d < 1 for d in self.depths):
+      bad("depths", f"every stage needs at least one block, got {self.depths}")
+    if self.act not in ACTIVATIONS:
+      bad("act", f"{self.act!r} is not one of {sorted(ACTIVATIONS)}")
+    if self.attn is not None and self.attn not in ATTENTIONS:
+      bad("attn", f"{self.attn!r} is not one of {sorted(ATTENTIONS)} or None")
+    if self.stem_type not in STEM_TYPES:
+      bad("stem_type", f"{self.stem_type!r} is not one of {STEM_TYPES}")
+    if self.stem_type == "deep_quad" and self.stem_chs % 8:
+      bad("stem_chs", f"deep_quad stem needs a multiple of 8, got {self.stem_chs}")
+    if not 0.0 <= self.drop_rate < 1.0:
+      bad("drop_rate", f"must be in [0, 1), got {self.drop_rate}")
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      bad("drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+    if self.head_prior_prob is not None and not 0.0 < self.head_prior_prob < 1.0:
+      bad("head_prior_prob", f"must be in (0, 1) or None, got {self.head_prior_prob}")
+    for c in self.channels:
+      mid, groups = self.bottleneck(c)
+      if groups < 1:
+        bad("group_size", f"{self.group_size} exceeds the bottleneck width "
+                          f"{make_divisible(c * self.bottle_ratio, self.ch_div)} of a {c}-channel stage")
+
+  def bottleneck(self, out_chs: int) -> tuple[int, int]:
+    """(mid channels, groups) of a block with ``out_chs`` outputs, as timm computes them."""
+    mid = make_divisible(out_chs * self.bottle_ratio, self.ch_div)
+    if not self.group_size:
+      return mid, 1
+    groups = mid // self.group_size
+    if self.group_size % self.ch_div == 0:
+      mid = self.group_size * groups  # timm snaps mid to whole groups
+    elif mid % self.group_size:
+      raise ValueError(f"NFNetConfig.group_size: {self.group_size} does not divide the bottleneck "
+                       f"width {mid} of a {out_chs}-channel stage")
+    return mid, groups
+
+  @property
+  def num_features(self) -> int:
+    """Width of the pooled embedding."""
+    if self.feat_mult:
+      return make_divisible(int(self.channels[-1] * self.feat_mult), self.ch_div)
+    return self.channels[-1]
+
+
+def _nfnet_l(depths, feat_mult):
+  # timm _nfnet_cfg(...) as used by eca_nfnet_l*: the attention is left to the caller.
+  return NFNetConfig(depths=depths, channels=(256, 512, 1536, 1536), feat_mult=feat_mult,
+                     group_size=64, bottle_ratio=0.25)
+
+
+VARIANTS: dict[str, NFNetConfig] = {
+    # timm eca_nfnet_l0/l1/l2 geometry (add attn='eca' for the timm models; SW-CV-ModelZoo ran
+    # these with silu/hswish/relu, with and without ECA).
+    "l0": _nfnet_l((1, 2, 6, 3), 1.5),
+    "l1": _nfnet_l((2, 4, 12, 6), 2.0),
+    "l2": _nfnet_l((3, 6, 18, 9), 2.0),
+    # CPU-sized: the same block structure (deep_quad stem, grouped 3x3s, extra conv) at toy
+    # widths. tiny: one fwd+bwd at batch 64 takes ~0.13 s at 96 px, ~0.24 s at 128 px on 2 CPU
+    # cores (BUILD_NOTES); group_size 16 measured ~25% faster than 8 there.
+    "tiny": NFNetConfig(depths=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_chs=16, group_size=16,
+                        bottle_ratio=0.5, feat_mult=2.0),
+    # nano: unit tests only; also exercises the '3x3' stem.
+    "nano": NFNetConfig(depths=(1, 1, 1, 1), channels=(16, 32, 32, 64), stem_type="3x3", stem_chs=16,
+                        group_size=8, bottle_ratio=0.5, feat_mult=1.0),
+}
+
+
+class NFBlock(nn.Module):
+  """Pre-activation NF bottleneck block (timm NormFreeBlock with reg=False):
+
+      out = act(x) * beta
+      shortcut = x, or avgpool+1x1 conv of out when the shape changes
+      r = conv3(act(conv2b(act(conv2(act(conv1(out)))))))   # conv2/2b: grouped 3x3
+      r = attn_gain * attn(r);  r = drop_path(r);  r *= skipinit_gain (if skipinit)
+      return shortcut + alpha * r
+
+  Every StdConv carries the activation's gamma. Without skipinit, conv3's gain starts at 0,
+  so every residual branch is zero at init.
+  """
+  cfg: NFNetConfig
+  out_chs: int
+  stride: int
+  beta: float
+  drop_path_rate: float
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    cfg = self.cfg
+    act = get_activation(cfg.act)
+    mid, groups = cfg.bottleneck(self.out_chs)
+    conv = lambda *a, **k: StdConv(*a, gamma=act.gamma, eps=cfg.std_conv_eps, conv_impl=self.conv_impl,
+                                   dtype=self.dtype, param_dtype=self.param_dtype, **k)
+
+    out = act.fn(x) * jnp.asarray(self.beta, x.dtype)
+    shortcut = x
+    if x.shape[-1] != self.out_chs or self.stride != 1:
+      s = out
+      if self.stride > 1:
+        # AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False): a partial last
+        # window (odd sizes) averages only its valid pixels.
+        pad = tuple((0, (-n) % 2) for n in s.shape[1:3])
+        s = nn.avg_pool(s, (2, 2), strides=(self.stride, self.stride), padding=pad,
+                        count_include_pad=False)
+      shortcut = conv(self.out_chs, 1, name="downsample")(s)
+
+    r = conv(mid, 1, name="conv1")(out)
+    r = conv(mid, 3, stride=self.stride, groups=groups, name="conv2")(act.fn(r))
+    if cfg.extra_conv:
+      r = conv(mid, 3, groups=groups, name="conv2b")(act.fn(r))
+    r = conv(self.out_chs, 1, gain_init=1.0 if cfg.skipinit else 0.0, name="conv3")(act.fn(r))
+    if cfg.attn == "eca":
+      r = ECA(param_dtype=self.param_dtype, name="attn_last")(r)
+      r = r * jnp.asarray(cfg.attn_gain, r.dtype)
+    elif cfg.attn == "se":
+      r = SqueezeExcite(rd_ratio=cfg.se_rd_ratio, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="attn_last")(r)
+      r = r * jnp.asarray(cfg.attn_gain, r.dtype)
+    r = DropPath(self.drop_path_rate, name="drop_path")(r, deterministic=not train)
+    if cfg.skipinit:
+      # SkipInit (De & Smith 2020): zero-initialised scalar gain on the residual branch.
+      g = self.param("skipinit_gain", nn.initializers.zeros, (), self.param_dtype)
+      r = r * g.astype(r.dtype)
+    return shortcut + r * jnp.asarray(cfg.alpha, r.dtype)
+
+
+class Stem(nn.Module):
+  """timm create_stem for 'deep_quad' (NFNet: 3x3 convs to C/8, C/4, C/2, C with strides
+  2, 1, 1, 2), 'deep' (C/2, C/2, C; strides 2, 1, 1) and '3x3' (one stride-2 conv).
+  No activation after the last conv: each block starts with its own."""
+  cfg: NFNetConfig
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def stride(self) -> int:
+    return 4 if self.cfg.stem_type == "deep_quad" else 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    act = get_activation(cfg.act)
+    c = cfg.stem_chs
+    if cfg.stem_type == "deep_quad":
+      chs, strides = (c // 8, c // 4, c // 2, c), (2, 1, 1, 2)
+    elif cfg.stem_type == "deep":
+      chs, strides = (c // 2, c // 2, c), (2, 1, 1)
+    else:
+      chs, strides = (c,), (2,)
+    for i, (ch, s) in enumerate(zip(chs, strides)):
+      if i:
+        x = act.fn(x)
+      name = "conv" if len(chs) == 1 else f"conv{i + 1}"
+      # timm scales every conv, this first one included, by the activation gamma; kept so
+      # timm weights give timm outputs.
+      x = StdConv(ch, 3, stride=s, gamma=act.gamma, eps=cfg.std_conv_eps, conv_impl=self.conv_impl,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+    return x
+
+
+class NFNet(nn.Module):
+  """NFNet image tagger/classifier.
+
+  Input: NHWC images, uint8 or float, RGB, pixel values in [0, 255]. The model normalises them
+  itself with ``cfg.input_mean/input_std`` (ImageNet, in [0, 1] units), so callers never
+  normalise. Any H, W works (stride 32; sizes not divisible by 32 are handled as timm does).
+
+  ``__call__(x, *, train, return_features=False)``:
+    * returns logits [B, num_classes] in float32 (compute may be bfloat16);
+      with ``num_classes == 0`` there is no head and it returns the pooled embedding instead;
+    * ``return_features=True`` returns a dict: 'stem' (stem output: stride 4 for 'deep_quad',
+      2 otherwise),
+      'stages' (one [B, h, w, C] per stage, the residual stream), 'pooled'
+      [B, num_features] float32 (the embedding), and 'logits' (absent when num_classes == 0).
+  ``train=True`` enables head dropout (RNG stream ``'dropout'``) and drop path (stream
+  ``'drop_path'``); pass both in ``rngs`` when drop_rate / drop_path_rate are non-zero.
+  """
+  cfg: NFNetConfig
+  num_classes: int
+  dtype: Dtype = jnp.float32        # compute dtype (e.g. jnp.bfloat16)
+  param_dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"           # grouped-conv lowering: 'auto' | 'native' | 'einsum'
+  remat: bool = False               # recompute each block in the backward pass (saves activation memory)
+
+  def _normalize(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"NFNet expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
+    mean = jnp.asarray(self.cfg.input_mean, jnp.float32) * 255.0
+    std = jnp.asarray(self.cfg.input_std, jnp.float32) * 255.0
+    return ((x.astype(jnp.float32) - mean) / std).astype(self.dtype)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool, return_features: bool = False):
+    cfg = self.cfg
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f"NFNet.conv_impl={self.conv_impl!r}; expected one of {CONV_IMPLS}")
+    act = get_activation(cfg.act)
+    common = dict(conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    stem = Stem(cfg, name="stem", **common)
+    x = stem(self._normalize(x))
+    features = {"stem": x, "stages": []}
+
+    # train is a Python bool: static for remat (argnum 2, counting self).
+    block_cls = nn.remat(NFBlock, static_argnums=(2,)) if self.remat else NFBlock
+    n_blocks = sum(cfg.depths)
+    expected_var, idx = 1.0, 0
+    for si, (depth, out_chs) in enumerate(zip(cfg.depths, cfg.channels)):
+      stage_stride = 1 if si == 0 and stem.stride > 2 else 2
+      for bi in range(depth):
+        # Drop path grows linearly from 0 at the first block to drop_path_rate at the last.
+        dpr = cfg.drop_path_rate * idx / max(n_blocks - 1, 1)
+        x = block_cls(cfg, out_chs=out_chs, stride=stage_stride if bi == 0 else 1,
+                      beta=expected_var ** -0.5, drop_path_rate=dpr, name=f"stages_{si}_{bi}",
+                      **common)(x, train)
+        # Signal propagation (NF-ResNet paper): each block adds alpha^2 to the variance of
+        # the residual stream; a stage's first block has a conv shortcut that resets it to 1.
+        if bi == 0:
+          expected_var = 1.0
+        expected_var += cfg.alpha ** 2
+        idx += 1
+      features["stages"].append(x)
+    features["stages"] = tuple(features["stages"])
+
+    if cfg.feat_mult:
+      x = StdConv(cfg.num_features, 1, gamma=act.gamma, eps=cfg.std_conv_eps, name="final_conv", **common)(x)
+    x = act.fn(x)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    features["pooled"] = pooled
+    if self.num_classes == 0:
+      return features if return_features else pooled
+
+    h = nn.Dropout(cfg.drop_rate)(pooled, deterministic=not train)
+    prior = cfg.head_prior_prob
+    bias_init = (nn.initializers.constant(math.log(prior / (1.0 - prior))) if prior is not None
+                 else nn.initializers.zeros)
+    kernel_init = (nn.initializers.normal(cfg.head_init_std) if cfg.head_init_std > 0
+                   else nn.initializers.zeros)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      kernel_init=kernel_init, bias_init=bias_init, name="head")(h.astype(self.dtype))
+    logits = logits.astype(jnp.float32)
+    if return_features:
+      features["logits"] = logits
+      return features
+    return logits

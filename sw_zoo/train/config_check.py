@@ -1,0 +1,81 @@
+"""Up-front validation of a training ConfigDict: every problem is reported with the key that
+holds it, before any device time or dataset work is spent."""
+from __future__ import annotations
+
+from typing import Any
+
+from sw_zoo.train.losses import LOSSES
+from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
+from sw_zoo.train.writer import WANDB_MODES
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("eca", "se", "none")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _get(config: Any, key: str):
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{key} is missing")
+    node = node[part]
+  return node
+
+
+def validate(config: Any) -> None:
+  """Raises ConfigError listing every bad key (not just the first)."""
+  from sw_zoo.models import ACTIVATIONS, list_models  # the model zoo is the source of truth
+
+  problems: list[str] = []
+
+  def check(key: str, ok, expected: str):
+    try:
+      value = _get(config, key)
+    except ConfigError as e:
+      problems.append(str(e))
+      return
+    try:
+      good = ok(value)
+    except (TypeError, ValueError):
+      good = False
+    if not good:
+      problems.append(f"config.{key} = {value!r}: expected {expected}")
+
+  positive_int = lambda v: isinstance(v, int) and v > 0
+  check("seed", lambda v: isinstance(v, int), "an int")
+  check("batch_size", positive_int, "a positive int")
+  check("total_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+  check("total_epochs", lambda v: v >= 0, "a number >= 0")
+  if "total_steps" in config and "total_epochs" in config and not (config.total_steps or config.total_epochs):
+    problems.append("config.total_steps and config.total_epochs are both 0: set one to say how long to train")
+  check("log_every_steps", positive_int, "a positive int")
+  check("eval_every_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: once per epoch)")
+  check("mesh", lambda v: len(v) == 2 and all(len(a) == 2 for a in v), "[('data', n), ('fsdp', m)]")
+  check("data.dir", lambda v: isinstance(v, str) and v, "a dataset directory")
+  check("data.image_size", lambda v: isinstance(v, int) and v >= 32, "an int >= 32")
+  check("data.num_threads", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+  check("data.prefetch", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+  check("model.name", lambda v: v in list_models(), f"one of {list_models()}")
+  check("model.act", lambda v: v in ACTIVATIONS, f"one of {sorted(ACTIVATIONS)}")
+  check("model.attn", lambda v: v in ATTENTION, f"one of {ATTENTION}")
+  check("model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}")
+  check("model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)")
+  check("loss", lambda v: v in LOSSES, f"one of {sorted(LOSSES)}")
+  check("optim.name", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}")
+  check("optim.schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
+  check("optim.lr", lambda v: v > 0, "a number > 0")
+  check("optim.warmup_epochs", lambda v: v >= 0, "a number >= 0")
+  check("optim.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+  check("optim.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
+  check("optim.weight_decay", lambda v: v >= 0, "a number >= 0")
+  check("optim.agc_clip", lambda v: v >= 0, "a number >= 0 (0 disables AGC)")
+  check("eval.threshold", lambda v: 0 < v < 1, "a number in (0, 1)")
+  check("eval.batch_size", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: batch_size)")
+  check("checkpoint.every_steps", positive_int, "a positive int")
+  check("checkpoint.max_to_keep", positive_int, "a positive int")
+  check("wandb.mode", lambda v: v in WANDB_MODES, f"one of {WANDB_MODES}")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

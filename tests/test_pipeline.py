@@ -1,0 +1,157 @@
+"""grain pipelines: process slicing, batch shapes, determinism, epochs, resumption, eval cover."""
+
+import hashlib
+
+import grain
+import numpy as np
+import pytest
+
+from data_prep import synthetic
+from sw_zoo.data import augment, dataset_info, pipeline, records
+
+NUM_TRAIN, NUM_VAL, IMAGE_SIZE = 64, 24, 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("synthetic")
+  synthetic.generate(out, num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=IMAGE_SIZE, seed=1,
+                     shard_size=16, workers=1, progress=False)
+  return out
+
+
+def _train(data_dir, **overrides):
+  kwargs = dict(global_batch_size=8, image_size=IMAGE_SIZE, seed=0, process_index=0,
+                process_count=1)
+  kwargs.update(overrides)
+  return pipeline.make_train_dataset(data_dir, **kwargs)
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+@pytest.mark.parametrize("num_examples", [0, 1, 7, 24, 64, 65])
+def test_process_slices_disjoint_and_complete(num_examples):
+  for process_count in range(1, 5):
+    slices = [pipeline.process_slice_indices(num_examples, i, process_count)
+              for i in range(process_count)]
+    joined = np.concatenate(slices)
+    assert len(joined) == len(set(joined.tolist())) == num_examples
+    np.testing.assert_array_equal(np.sort(joined), np.arange(num_examples))
+    assert max(map(len, slices)) - min(map(len, slices)) <= 1
+  with pytest.raises(ValueError):
+    pipeline.process_slice_indices(10, 2, 2)
+
+
+def test_train_batch_shapes_and_dtypes(data_dir):
+  num_labels = dataset_info.read_dataset_info(data_dir)["num_labels"]
+  batch = next(iter(_train(data_dir, global_batch_size=16, process_index=1, process_count=2)))
+  assert set(batch) == {"image", "labels"}
+  assert batch["image"].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
+  assert batch["image"].dtype == np.uint8
+  assert batch["labels"].shape == (8, num_labels) and batch["labels"].dtype == np.float32
+  assert set(np.unique(batch["labels"])) <= {0.0, 1.0}
+  np.testing.assert_array_equal(batch["labels"][:, :4].sum(axis=1), 1)  # One rating each.
+  resized = next(iter(_train(data_dir, image_size=24)))
+  assert resized["image"].shape == (8, 24, 24, 3)
+  with pytest.raises(ValueError, match="multiple of process_count"):
+    _train(data_dir, global_batch_size=10, process_count=4)
+
+
+def test_same_seed_same_batches_other_seed_differs(data_dir):
+  first = _take(iter(_train(data_dir)), 5)
+  _assert_batches_equal(first, _take(iter(_train(data_dir)), 5))
+  other = _take(iter(_train(data_dir, seed=1)), 5)
+  assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
+
+
+def test_each_epoch_covers_the_slice_in_a_new_order(data_dir):
+  batches_per_epoch = NUM_TRAIN // 8
+  iterator = iter(_train(data_dir, augment=False))
+  epochs = []
+  for _ in range(3):
+    epoch = [hashlib.md5(image.tobytes()).hexdigest()
+             for batch in _take(iterator, batches_per_epoch) for image in batch["image"]]
+    epochs.append(epoch)
+  assert len(set(epochs[0])) == NUM_TRAIN
+  assert set(epochs[0]) == set(epochs[1]) == set(epochs[2])
+  assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_iterator_state_resumes_exactly(data_dir):
+  iterator = iter(_train(data_dir))
+  _take(iterator, 3)
+  state = iterator.get_state()
+  expected = _take(iterator, 12)  # Crosses an epoch boundary (8 batches per epoch).
+  resumed = iter(_train(data_dir))  # A fresh pipeline, as after a restart.
+  resumed.set_state(state)
+  _assert_batches_equal(expected, _take(resumed, 12))
+
+
+def _validation_ids(data_dir):
+  source = grain.sources.ArrayRecordDataSource(dataset_info.split_paths(data_dir, "validation"))
+  return [records.decode_record(source[i])["id"] for i in range(len(source))]
+
+
+@pytest.mark.parametrize("global_batch_size, process_count", [(10, 1), (8, 4), (5, 5), (6, 3)])
+def test_eval_covers_every_example_once(data_dir, global_batch_size, process_count):
+  num_labels = dataset_info.read_dataset_info(data_dir)["num_labels"]
+  seen = []
+  lengths = set()
+  for process_index in range(process_count):
+    ds = pipeline.make_eval_dataset(data_dir, global_batch_size=global_batch_size,
+                                    image_size=IMAGE_SIZE, process_index=process_index,
+                                    process_count=process_count)
+    batches = list(ds)
+    assert len(batches) == len(ds)
+    lengths.add(len(ds))
+    for batch in batches:
+      b = global_batch_size // process_count
+      assert batch["image"].shape == (b, IMAGE_SIZE, IMAGE_SIZE, 3)
+      assert batch["labels"].shape == (b, num_labels)
+      assert batch["mask"].dtype == np.bool_
+      assert np.all(batch["id"][~batch["mask"]] == -1)
+      assert np.all(batch["labels"][~batch["mask"]] == 0)
+      seen.extend(batch["id"][batch["mask"]].tolist())
+    assert sum(int(b["mask"].sum()) for b in batches) == ds.num_examples
+  assert len(lengths) == 1  # All processes run the same number of eval steps.
+  assert sorted(seen) == sorted(_validation_ids(data_dir))
+
+
+def test_eval_is_decode_plus_preprocess_only(data_dir):
+  batch = next(iter(pipeline.make_eval_dataset(data_dir, global_batch_size=4, image_size=20)))
+  source = grain.sources.ArrayRecordDataSource(dataset_info.split_paths(data_dir, "validation"))
+  first = records.decode_record(source[0])
+  assert batch["id"][0] == first["id"]
+  expected = augment.preprocess_eval(records.decode_image(first["image"]), 20)
+  np.testing.assert_array_equal(batch["image"][0], expected)
+  # Two passes give identical batches.
+  ds = pipeline.make_eval_dataset(data_dir, global_batch_size=4, image_size=20)
+  _assert_batches_equal(list(ds), list(ds))
+
+
+def test_augment_is_seeded_and_label_preserving_in_shape():
+  image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+  outs = [augment.augment(image, np.random.default_rng(s), 32) for s in range(20)]
+  for out in outs:
+    assert out.shape == image.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+  np.testing.assert_array_equal(outs[0], augment.augment(image, np.random.default_rng(0), 32))
+  assert len({o.tobytes() for o in outs}) > 10
+  # Some outputs are horizontal mirrors of a translation; none are the unchanged input only.
+  assert any(not np.array_equal(o, image) for o in outs)
+
+
+def test_preprocess_eval_letterboxes_non_square():
+  tall = np.zeros((40, 20, 3), np.uint8)
+  out = augment.preprocess_eval(tall, 16)
+  assert out.shape == (16, 16, 3)
+  assert out[8, 0].tolist() == [255, 255, 255] and out[8, 8].tolist() == [0, 0, 0]

@@ -1,0 +1,127 @@
+"""The built-in synthetic dataset: vocabulary, tag statistics, determinism, missing labels."""
+
+import os
+
+import grain
+import numpy as np
+import pytest
+
+from data_prep import synthetic
+from sw_zoo.data import dataset_info, records, vocab
+
+SMALL = dict(num_train=64, num_val=24, image_size=32, seed=0, shard_size=16)
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("synthetic_clean")
+  synthetic.generate(out, **SMALL, workers=1, progress=False)
+  return out
+
+
+def _records(data_dir, split):
+  source = grain.sources.ArrayRecordDataSource(dataset_info.split_paths(data_dir, split))
+  return [records.decode_record(source[i]) for i in range(len(source))]
+
+
+def _shard_bytes(data_dir):
+  info = dataset_info.read_dataset_info(data_dir)
+  return {name: open(os.path.join(data_dir, name), "rb").read()
+          for split in info["splits"].values() for name in split["shards"]}
+
+
+def test_vocab_layout(clean_dir):
+  tags = vocab.read_selected_tags(os.path.join(clean_dir, "selected_tags.csv"))
+  assert len(tags) >= 60
+  assert tags.names[:4] == ["general", "sensitive", "questionable", "explicit"]
+  # WD order: ratings (9), then general (0), then characters (4), each a contiguous block.
+  categories = tags.categories.tolist()
+  assert categories == sorted(categories, key=[9, 0, 4].index)
+  assert len(tags.category_indices(vocab.CATEGORY_CHARACTER)) >= 4
+  assert tags == synthetic.tag_vocab(dict(zip(tags.names, tags.counts.tolist())))
+
+
+def test_dataset_info_and_exactly_one_rating(clean_dir):
+  info = dataset_info.read_dataset_info(clean_dir)
+  assert info["num_labels"] == len(synthetic.tag_vocab())
+  assert info["image_size"] == 32
+  assert info["splits"]["train"]["num_examples"] == 64
+  assert len(info["splits"]["train"]["shards"]) == 4
+  for split, count in (("train", 64), ("validation", 24)):
+    recs = _records(clean_dir, split)
+    assert len(recs) == count
+    for r in recs:
+      assert np.sum(r["labels"] < 4) == 1, r
+      assert records.decode_image(r["image"]).shape == (32, 32, 3)
+  ids = [r["id"] for s in ("train", "validation") for r in _records(clean_dir, s)]
+  assert len(set(ids)) == len(ids)
+
+
+def test_counts_are_long_tailed():
+  tags = synthetic.tag_vocab()
+  counts = np.zeros(len(tags))
+  for i in range(400):
+    counts[synthetic.make_example(0, 0, i, image_size=32)["labels"]] += 1
+  general = np.sort(counts[tags.category_indices(vocab.CATEGORY_GENERAL)])[::-1] / 400
+  assert general[0] > 0.5  # Head: e.g. upper_object, circle.
+  assert np.sum(general < 0.1) >= 15  # Long tail.
+  assert general[0] / max(general[-1], 1 / 400) >= 10
+  ratings = counts[:4]
+  assert ratings.sum() == 400
+  assert ratings[0] > ratings[1] > ratings[3]  # general > sensitive > explicit
+
+
+def test_deterministic_and_independent_of_workers(clean_dir, tmp_path):
+  # Two worker processes (spawned) must produce exactly the in-process bytes.
+  synthetic.generate(tmp_path, **SMALL, workers=2, progress=False)
+  assert _shard_bytes(tmp_path) == _shard_bytes(clean_dir)
+  assert ((tmp_path / "selected_tags.csv").read_bytes()
+          == (clean_dir / "selected_tags.csv").read_bytes())
+
+
+def test_drop_tag_fraction_only_touches_train_labels(clean_dir, tmp_path):
+  synthetic.generate(tmp_path, **SMALL, drop_tag_fraction=0.3, workers=1, progress=False)
+  clean_train, noisy_train = _records(clean_dir, "train"), _records(tmp_path, "train")
+  kept = dropped = 0
+  for clean, noisy in zip(clean_train, noisy_train):
+    assert noisy["image"] == clean["image"]
+    np.testing.assert_array_equal(np.union1d(noisy["labels"], noisy["dropped"]), clean["labels"])
+    assert not np.any(noisy["dropped"] < 4)  # The rating is never dropped.
+    assert np.sum(noisy["labels"] < 4) == 1
+    kept += np.sum(noisy["labels"] >= 4)
+    dropped += len(noisy["dropped"])
+  assert 0.22 < dropped / (kept + dropped) < 0.38
+  for clean, noisy in zip(_records(clean_dir, "validation"), _records(tmp_path, "validation")):
+    assert noisy == {**clean, "labels": noisy["labels"], "dropped": noisy["dropped"]}
+    np.testing.assert_array_equal(noisy["labels"], clean["labels"])
+    assert len(noisy["dropped"]) == 0
+
+
+def test_rerun_is_noop_and_other_args_need_overwrite(tmp_path, caplog):
+  info = synthetic.generate(tmp_path, **SMALL, workers=1, progress=False)
+  mtimes = {p: os.stat(p).st_mtime_ns for p in tmp_path.iterdir()}
+  with caplog.at_level("INFO"):
+    assert synthetic.generate(tmp_path, **SMALL, workers=1, progress=False) == info
+  assert "nothing to do" in caplog.text
+  assert {p: os.stat(p).st_mtime_ns for p in tmp_path.iterdir()} == mtimes
+
+  smaller = {**SMALL, "num_train": 20}
+  with pytest.raises(FileExistsError, match="overwrite"):
+    synthetic.generate(tmp_path, **smaller, workers=1, progress=False)
+  new_info = synthetic.generate(tmp_path, **smaller, workers=1, overwrite=True, progress=False)
+  assert new_info["splits"]["train"]["num_examples"] == 20
+  # The replaced dataset's extra shards are gone; only the new ones remain.
+  assert sorted(p.name for p in tmp_path.glob("*.array_record")) == sorted(
+      new_info["splits"]["train"]["shards"] + new_info["splits"]["validation"]["shards"])
+
+
+def test_cli(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    synthetic.main(["--help"])
+  assert exit_info.value.code == 0
+  assert "--drop-tag-fraction" in capsys.readouterr().out
+  assert synthetic.main(["--out", str(tmp_path), "--num-train", "8", "--num-val", "4",
+                         "--image-size", "32", "--workers", "1", "--no-progress"]) == 0
+  assert dataset_info.read_dataset_info(tmp_path)["splits"]["validation"]["num_examples"] == 4
+  assert synthetic.main(["--out", str(tmp_path), "--num-train", "9", "--workers", "1",
+                         "--no-progress"]) == 2

@@ -1,0 +1,206 @@
+"""The trainer: config validation, one sharded step, checkpoint round trip, exact resumption."""
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import demo
+from sw_zoo import sharding
+from sw_zoo.data import pipeline
+from sw_zoo.models import create_model
+from sw_zoo.train import config_check, losses, optimizer, steps
+from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
+from sw_zoo.train.loop import train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  from data_prep import synthetic
+
+  out = str(tmp_path_factory.mktemp("synthetic"))
+  synthetic.generate(out, num_train=96, num_val=20, image_size=32, seed=1)
+  return out
+
+
+def tiny_config(data_dir, **overrides):
+  c = demo.get_config()
+  c.data.dir = data_dir
+  c.data.synthetic.enabled = False
+  c.data.image_size = 32
+  c.batch_size = 16
+  c.total_epochs = 0.0
+  c.total_steps = 6
+  c.log_every_steps = 2
+  c.eval_every_steps = 3
+  c.checkpoint.every_steps = 3
+  c.checkpoint.async_save = False
+  c.optim.schedule = "constant"
+  c.optim.warmup_epochs = 0.0
+  c.wandb.mode = "disabled"
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def test_config_errors_name_every_bad_key(tiny_data):
+  c = tiny_config(tiny_data)
+  c.optim.name = "sgdd"
+  c.eval.threshold = 1.5
+  with pytest.raises(config_check.ConfigError) as err:
+    config_check.validate(c)
+  assert "config.optim.name = 'sgdd'" in str(err.value)
+  assert "config.eval.threshold = 1.5" in str(err.value)
+
+
+def test_shipped_configs_validate():
+  from configs import l2_silu_eca
+
+  for cfg in (demo.get_config(), demo.get_config("quick"), l2_silu_eca.get_config(), l2_silu_eca.get_config("runlocal")):
+    config_check.validate(cfg)
+
+
+def test_l2_silu_eca_builds_at_384():
+  from configs import l2_silu_eca
+
+  c = l2_silu_eca.get_config()
+  model = create_model(c.model.name, num_classes=9083, act=c.model.act, attn=c.model.attn, dtype=jnp.bfloat16)
+  out = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 384, 384, 3)), train=False))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(out))
+  assert out["params"]["head"]["kernel"].shape[-1] == 9083
+  # timm's eca_nfnet_l2 has 56.72M params at 1000 classes; 8083 more tags add 8083 * (3072 + 1).
+  assert abs(n - (56.72e6 + 8083 * 3073)) < 0.01e6
+
+
+def _setup(c, mesh):
+  model = create_model(c.model.name, num_classes=c.num_labels, act=c.model.act, attn=c.model.attn)
+  schedule = optimizer.make_schedule(c.optim, 10, 0)
+  tx = optimizer.make_optimizer(c.optim, schedule)
+  init_fn = functools.partial(steps.init_state, model, tx, image_size=c.data.image_size, seed=0)
+  abstract = jax.eval_shape(init_fn)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  state = jax.jit(init_fn, out_shardings=shardings)()
+  step_fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=losses.sigmoid_bce, schedule=schedule),
+                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  return abstract, shardings, state, step_fn
+
+
+def test_one_sharded_train_step_on_8_devices(tiny_data):
+  assert jax.device_count() == 8
+  mesh = sharding.make_mesh([("data", 4), ("fsdp", 2)])
+  c = tiny_config(tiny_data)
+  c.num_labels = 70
+  _, _, state, step_fn = _setup(c, mesh)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+           "labels": (rng.random((16, 70)) < 0.1).astype(np.float32)}
+  gbatch = sharding.global_batch(batch, mesh)
+  assert gbatch["image"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  assert len(gbatch["image"].addressable_shards) == 8
+  assert gbatch["image"].addressable_shards[0].data.shape == (2, 32, 32, 3)
+  before = jax.device_get(state.params)
+  state, stats = step_fn(state, gbatch)
+  state, stats2 = step_fn(state, gbatch)
+  assert int(state.step) == 2
+  assert np.isfinite(float(stats["loss"])) and float(stats2["loss"]) < float(stats["loss"])
+  after = jax.device_get(state.params)
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
+  assert any(jax.tree.leaves(changed))
+  # Parameters stay replicated on every device of the mesh.
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+
+
+def test_checkpoint_round_trip_restores_state_and_data_iterator(tiny_data, tmp_path):
+  mesh = sharding.make_mesh([("data", -1), ("fsdp", 1)])
+  c = tiny_config(tiny_data)
+  c.num_labels = 70
+  abstract, shardings, state, step_fn = _setup(c, mesh)
+  make_iter = lambda: iter(pipeline.make_train_dataset(tiny_data, global_batch_size=16, image_size=32, seed=3,
+                                                       process_index=0, process_count=1, num_threads=1))
+  it = make_iter()
+  for _ in range(2):
+    next(it)
+  ckpt = Checkpointer(str(tmp_path), every_steps=1, max_to_keep=2, async_save=False)
+  assert ckpt.save(2, state, it)
+  ckpt.wait()
+  expected_next = next(it)
+
+  fresh = make_iter()
+  step, restored = ckpt.restore(abstract_with_shardings(abstract, shardings), fresh)
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(restored))
+  got_next = next(fresh)
+  np.testing.assert_array_equal(got_next["image"], expected_next["image"])
+  np.testing.assert_array_equal(got_next["labels"], expected_next["labels"])
+  ckpt.close()
+
+
+def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
+  full = train_and_evaluate(tiny_config(tiny_data), str(tmp_path / "full"))
+  assert full["step"] == 6 and not full["interrupted"]
+
+  # Stop after 3 steps (as if preempted right after the step-3 checkpoint), then rerun to 6.
+  part = train_and_evaluate(tiny_config(tiny_data, total_steps=3), str(tmp_path / "resumed"))
+  assert part["step"] == 3
+  resumed = train_and_evaluate(tiny_config(tiny_data), str(tmp_path / "resumed"))
+  assert resumed["step"] == 6
+
+  def final_params(workdir):
+    ckpt = Checkpointer(workdir, every_steps=1, max_to_keep=2)
+    assert ckpt.latest_step() == 6
+    params = ckpt.restore_arrays(6)["params"]
+    ckpt.close()
+    return params
+
+  a, b = final_params(str(tmp_path / "full")), final_params(str(tmp_path / "resumed"))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), a, b)
+  assert resumed["micro_f1"] == pytest.approx(full["micro_f1"], abs=1e-6)
+  lines = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+  assert [l["step"] for l in lines if "train/loss" in l] == [2, 3, 4, 6]
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_rerun_resumes(tiny_data, tmp_path):
+  """The demo's promise: Ctrl-C saves a checkpoint, and the same command resumes from it."""
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "sw_zoo.train", "--config", os.path.join(REPO, "configs/demo.py:quick"),
+         "--workdir", workdir, f"--config.data.dir={tiny_data}", "--config.data.synthetic.enabled=False",
+         "--config.data.image_size=32", "--config.batch_size=16", "--config.total_steps=400",
+         "--config.log_every_steps=5", "--config.checkpoint.every_steps=1000", "--config.wandb.mode=disabled"]
+  env = {**os.environ, "XLA_FLAGS": "", "WANDB_MODE": "disabled"}
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  output = []
+  deadline = time.time() + 240
+  for line in proc.stdout:
+    output.append(line)
+    if line.startswith("step ") and "/400" in line and time.time() < deadline:
+      proc.send_signal(signal.SIGINT)
+      break
+  rest, _ = proc.communicate(timeout=240)
+  text = "".join(output) + rest
+  assert proc.returncode == 130, text
+  stopped = [l for l in text.splitlines() if l.startswith("Stopped by SIGINT at step ")]
+  assert stopped, text
+  stop_step = int(stopped[0].split("at step ")[1].split("/")[0])
+  assert 5 <= stop_step < 400
+
+  cmd_resume = [a if a != "--config.total_steps=400" else f"--config.total_steps={stop_step + 5}" for a in cmd]
+  done = subprocess.run(cmd_resume, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert f"Resumed from checkpoint at step {stop_step}" in done.stdout
+  assert f"Final (step {stop_step + 5})" in done.stdout
