@@ -120,8 +120,9 @@ VARIANTS: dict[str, NFNetConfig] = {
     "l1": _nfnet_l((2, 4, 12, 6), 2.0),
     "l2": _nfnet_l((3, 6, 18, 9), 2.0),
     # CPU-sized: the same block structure (deep_quad stem, grouped 3x3s, extra conv) at toy
-    # widths. tiny: one fwd+bwd at batch 64 takes ~0.13 s at 96 px, ~0.24 s at 128 px on 2 CPU
-    # cores (BUILD_NOTES); group_size 16 measured ~25% faster than 8 there.
+    # widths. tiny, fwd+bwd at batch 64 on 2 idle CPU cores with the einsum grouped conv:
+    # ~500 img/s at 96 px, ~290 img/s at 128 px (native grouped conv: ~220 / ~120).
+    # group_size 16 measured 15-25% faster than 8.
     "tiny": NFNetConfig(depths=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_chs=16, group_size=16,
                         bottle_ratio=0.5, feat_mult=2.0),
     # nano: unit tests only; also exercises the '3x3' stem.
@@ -236,10 +237,9 @@ class NFNet(nn.Module):
   ``__call__(x, *, train, return_features=False)``:
     * returns logits [B, num_classes] in float32 (compute may be bfloat16);
       with ``num_classes == 0`` there is no head and it returns the pooled embedding instead;
-    * ``return_features=True`` returns a dict: 'stem' (stem output: stride 4 for 'deep_quad',
-      2 otherwise),
-      'stages' (one [B, h, w, C] per stage, the residual stream), 'pooled'
-      [B, num_features] float32 (the embedding), and 'logits' (absent when num_classes == 0).
+    * ``return_features=True`` returns a dict: 'stem' (stem output; stride 4 for 'deep_quad',
+      2 otherwise), 'stages' (one [B, h, w, C] per stage: the residual stream), 'pooled'
+      [B, num_features] float32 (the embedding) and 'logits' (absent when num_classes == 0).
   ``train=True`` enables head dropout (RNG stream ``'dropout'``) and drop path (stream
   ``'drop_path'``); pass both in ``rngs`` when drop_rate / drop_path_rate are non-zero.
   """

@@ -171,7 +171,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             f"grad_norm {scalars['grad_norm']:.3f}  {images_per_s:.1f} img/s")
         pending.clear()
         window_start, window_steps = time.perf_counter(), 0
-      if step % eval_every == 0 and step < total_steps:
+      if step % eval_every == 0 and step < total_steps and stop.signal_name is None:
         val = run_eval(state.params)
         writer.write(step, val, prefix="val/")
         log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
