@@ -204,3 +204,9 @@ def test_sigint_saves_and_rerun_resumes(tiny_data, tmp_path):
   assert done.returncode == 0, done.stdout + done.stderr
   assert f"Resumed from checkpoint at step {stop_step}" in done.stdout
   assert f"Final (step {stop_step + 5})" in done.stdout
+
+
+def test_resuming_with_a_different_model_names_the_checkpoint(tiny_data, tmp_path):
+  train_and_evaluate(tiny_config(tiny_data, total_steps=3), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match=r"checkpoints/3 does not match this config"):
+    train_and_evaluate(tiny_config(tiny_data, **{"model.name": "nano"}), str(tmp_path / "run"))

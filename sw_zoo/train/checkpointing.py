@@ -46,10 +46,16 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    try:
+      restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(
+          f"checkpoint {self.directory}/{step} does not match this config (different model, tag "
+          f"count, optimizer or process count?). Resume with the config it was trained with, or "
+          f"start a new run in another --workdir. Orbax said: {e}") from e
     return step, restored["state"]
 
   def restore_arrays(self, step: int | None = None) -> Any:
