@@ -13,8 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sw_zoo import cli
 from sw_zoo.models import ACTIVATIONS, VARIANTS, NFNetConfig, create_model, list_models, model_config
-from sw_zoo.models.layers import ECA, DropPath, StdConv, conv2d, eca_kernel_size, get_padding, standardize_weight
+from sw_zoo.models import model_info, partitioning
+from sw_zoo.models.layers import (ECA, DropPath, StdConv, conv2d, eca_kernel_size, get_padding, get_same_padding,
+                                  standardize_weight)
+from sw_zoo.sharding import make_mesh
 
 
 def _key(seed=0):
@@ -67,15 +74,16 @@ def test_published_gammas_are_close_to_exact():
 
 # ---------------------------------------------------------------------------------- convolution
 
-@pytest.mark.parametrize("size,cin,cout,groups,stride", [
-    (9, 32, 32, 4, 1),   # odd spatial size
-    (10, 32, 32, 4, 2),
-    (9, 24, 48, 3, 2),   # Cout/G != Cin/G, odd size with stride 2
+@pytest.mark.parametrize("size,cin,cout,groups,stride,same", [
+    (9, 32, 32, 4, 1, False),   # odd spatial size
+    (10, 32, 32, 4, 2, False),
+    (9, 24, 48, 3, 2, False),   # Cout/G != Cin/G, odd size with stride 2
+    (10, 32, 32, 4, 2, True),   # TF SAME: asymmetric (0, 1) padding
 ])
-def test_einsum_grouped_conv_matches_native(size, cin, cout, groups, stride):
+def test_einsum_grouped_conv_matches_native(size, cin, cout, groups, stride, same):
   x = _normal(1, (2, size, size, cin))
   w = _normal(2, (3, 3, cin // groups, cout), 1 / math.sqrt(9 * cin // groups))
-  pad = get_padding(3, stride)
+  pad = (get_same_padding(size, 3, stride),) * 2 if same else get_padding(3, stride)
 
   def fwd_and_grads(impl):
     f = lambda x, w: conv2d(x, w, stride=stride, padding=pad, groups=groups, impl=impl)
@@ -90,6 +98,20 @@ def test_einsum_grouped_conv_matches_native(size, cin, cout, groups, stride):
 
 def test_padding_rule_matches_timm():
   assert [get_padding(k, s) for k, s in [(1, 1), (3, 1), (3, 2), (7, 2)]] == [0, 1, 1, 3]
+  # timm pad_same / TF SAME: stride 1 is symmetric; stride 2 puts the odd pixel bottom/right.
+  assert [get_same_padding(n, k, s) for n, k, s in [(10, 3, 1), (10, 3, 2), (9, 3, 2), (10, 1, 1), (224, 7, 2)]] \
+      == [(1, 1), (0, 1), (1, 1), (0, 0), (2, 3)]
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_stdconv_same_padding_matches_xla_same(size):
+  conv = StdConv(6, 3, stride=2, groups=2, padding="same", eps=0.0, conv_impl="einsum")
+  x = _normal(13, (1, size, size, 4))
+  v = jax.jit(conv.init)(_key(), x)
+  w = standardize_weight(v["params"]["kernel"], v["params"]["gain"], gamma=1.0, eps=0.0)
+  ref = jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=2)
+  np.testing.assert_allclose(jax.jit(conv.apply)(v, x), ref, atol=1e-5)
 
 
 def test_standardize_weight():
@@ -231,6 +253,31 @@ def test_head_prior_and_embedding_only():
   assert emb.shape == (2, backbone.cfg.num_features) and emb.dtype == jnp.float32
 
 
+def test_gamma_in_act_moves_the_gain_out_of_the_convs(nano_eca):
+  # timm gamma_in_act (dm_nfnet_f*): act(x) * gamma feeds unscaled convs. Inside the blocks that
+  # is the same function as folding gamma into the convs; the differences are the stem's first
+  # conv and final_conv (no gamma: they read no activation) and the final act (scaled). So the
+  # folded model with those two gains divided by gamma and the head multiplied by it agrees.
+  _, _, x = nano_eca
+  # The dm_nfnet_f* settings on the nano geometry (SE, TF SAME padding, skipinit).
+  cfg = dict(attn="se", padding="same", skipinit=True, conv_impl="native")  # native: faster compile
+  in_act = create_model("nano", num_classes=7, gamma_in_act=True, **cfg)
+  folded = create_model("nano", num_classes=7, gamma_in_act=False, **cfg)
+  # Random params near 1 (numpy: no init compile), so every gain, skipinit gain and bias matters.
+  shapes = jax.eval_shape(lambda: in_act.init(_key(), x, train=False))["params"]
+  leaves, treedef = jax.tree.flatten(shapes)
+  p = jax.tree.unflatten(treedef, [1.0 + _normal(i, s.shape, 0.1) for i, s in enumerate(leaves)])
+  g = ACTIVATIONS["silu"].gamma
+  q = {**p, "stem": {"conv": {**p["stem"]["conv"], "gain": p["stem"]["conv"]["gain"] / g}},
+       "final_conv": {**p["final_conv"], "gain": p["final_conv"]["gain"] / g},
+       "head": {**p["head"], "kernel": p["head"]["kernel"] * g}}
+  a = _apply(in_act, train=False, return_features=True)(p, x)
+  b = _apply(folded, train=False, return_features=True)(q, x)
+  np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-4, atol=1e-4 * float(np.abs(a["logits"]).max()))
+  np.testing.assert_allclose(a["pooled"], b["pooled"] * g, rtol=1e-4, atol=1e-5)
+  assert p["stages_0_0"]["skipinit_gain"].shape == ()
+
+
 # ---------------------------------------------------------------------------------- full-size variants
 
 # timm's published sizes (M params, 1000 classes): eca_nfnet_l0 24.1, l1 41.4, l2 56.7.
@@ -240,6 +287,42 @@ def test_eca_nfnet_param_counts(name, millions):
   model = create_model(name, num_classes=1000, act="silu", attn="eca")
   shapes = jax.eval_shape(lambda: model.init(_key(), jnp.zeros((1, 64, 64, 3)), train=False))
   assert round(_n_params(shapes) / 1e6, 1) == millions
+
+
+# timm 1.0 (dm_nfnet_f0..f3: 71.49 / 132.63 / 193.78 / 254.92 M; nf_resnet26/50: 16.0 / 25.56 M).
+@pytest.mark.parametrize("name,count", [
+    ("f0", 71_489_284), ("f1", 132_634_256), ("f2", 193_779_228), ("f3", 254_924_200),
+    ("nf_resnet26", 15_995_176), ("nf_resnet50", 25_557_032),
+])
+def test_timm_variant_param_counts(name, count):
+  assert model_info.count_params(create_model(name, num_classes=1000)) == count
+
+
+def test_dm_nfnet_f0_structure():
+  model = create_model("f0", num_classes=1000)
+  cfg = model.cfg
+  assert (cfg.act, cfg.attn, cfg.padding, cfg.gamma_in_act, cfg.skipinit) == ("gelu", "se", "same", True, True)
+  x = jax.ShapeDtypeStruct((1, 192, 192, 3), jnp.float32)
+  params = jax.eval_shape(lambda x: model.init(_key(), x, train=False), x)["params"]
+  out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False, return_features=True), params, x)
+  assert [s.shape[1:] for s in out["stages"]] == [(48, 48, 256), (24, 24, 512), (12, 12, 1536), (6, 6, 1536)]
+  b = params["stages_2_5"]
+  assert b["conv2"]["kernel"].shape == (3, 3, 128, 768)  # 6 groups of 128 (bottle_ratio 0.5)
+  assert b["attn_last"]["fc1"]["kernel"].shape == (1536, 768) and b["skipinit_gain"].shape == ()
+  assert params["final_conv"]["kernel"].shape == (1, 1, 1536, 3072)
+
+
+def test_nf_resnet50_structure():
+  model = create_model("nf_resnet50", num_classes=1000)
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  params = jax.eval_shape(lambda x: model.init(_key(), x, train=False), x)["params"]
+  out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False, return_features=True), params, x)
+  assert out["stem"].shape == (1, 56, 56, 64)  # 7x7/2 conv + 3x3/2 max pool
+  assert [s.shape[1:] for s in out["stages"]] == [(56, 56, 256), (28, 28, 512), (14, 14, 1024), (7, 7, 2048)]
+  assert params["stem"]["conv"]["kernel"].shape == (7, 7, 3, 64)
+  assert "final_conv" not in params and params["head"]["kernel"].shape == (2048, 1000)
+  assert set(params["stages_0_0"]) == {"downsample", "conv1", "conv2", "conv3"}  # no conv2b, no attention
+  assert params["stages_0_0"]["conv2"]["kernel"].shape == (3, 3, 64, 64)  # dense 3x3
 
 
 def test_l2_silu_eca_eval_shape_384():
@@ -257,7 +340,11 @@ def test_l2_silu_eca_eval_shape_384():
 # ---------------------------------------------------------------------------------- registry
 
 def test_registry_names_and_overrides():
-  assert set(list_models()) == set(VARIANTS) >= {"l0", "l1", "l2", "tiny", "nano"}
+  assert set(list_models()) == set(VARIANTS) >= {"l0", "l1", "l2", "tiny", "nano", "f0", "f3", "nf_resnet50"}
+  # Keys with '_' parse by longest prefix; a suffix overrides the variant's own act/attn.
+  assert model_config("nf_resnet50_silu_eca") == model_config("nf_resnet50", act="silu", attn="eca")
+  assert model_config("f0").attn == "se" and model_config("f0_relu").attn == "se"
+  assert model_config("f0", attn="none").attn is None
   assert model_config("l2_silu_eca") == model_config("l2", act="silu", attn="eca")
   assert model_config("l0_relu").attn is None and model_config("l0_relu").act == "relu"
   assert model_config("l1", attn="none").attn is None
@@ -279,3 +366,82 @@ def test_config_validation_names_the_key():
     NFNetConfig(depths=(1,), channels=(64,), group_size=64)  # the bottleneck is only 16 wide
   # Lists (as from a ConfigDict) become tuples, keeping the config hashable.
   assert hash(NFNetConfig(depths=[1, 1], channels=[32, 64], stem_chs=16, group_size=8))
+
+
+# ---------------------------------------------------------------------------------- partitioning
+
+def test_logical_axes_box_the_same_params():
+  conv = StdConv(8, 3, groups=2)
+  x = _normal(14, (1, 6, 6, 4))
+  plain = jax.jit(conv.init)(_key(), x)["params"]
+  boxed = jax.jit(conv.clone(logical_axes=True).init)(_key(), x)["params"]
+  assert isinstance(boxed["kernel"], nn.LogicallyPartitioned)
+  assert boxed["kernel"].names == ("conv_h", "conv_w", "conv_in", "conv_out") and boxed["gain"].names == ("conv_out",)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(nn.unbox(boxed))):
+    np.testing.assert_array_equal(a, b)
+  # Boxed params apply like plain ones.
+  np.testing.assert_array_equal(jax.jit(conv.apply)({"params": boxed}, x), jax.jit(conv.apply)({"params": plain}, x))
+
+
+def test_abstract_params_name_every_param():
+  model = create_model("f0", num_classes=1000)
+  assert not model.logical_axes  # plain init stays plain
+  abstract = partitioning.abstract_params(model)
+  boxes = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert boxes and all(isinstance(b, nn.LogicallyPartitioned) for b in boxes)
+  assert all(len(b.names) == b.value.ndim and set(b.names) <= set(partitioning.LOGICAL_AXES) for b in boxes)
+  specs = partitioning.logical_specs(abstract)
+  assert specs["head"] == {"kernel": P("embed", "tags"), "bias": P("tags")}
+  assert specs["stages_1_0"]["skipinit_gain"] == P()
+
+
+def test_fsdp_rules_shard_params_and_match_replicated_forward(nano_eca):
+  model, params, x = nano_eca
+  native = model.clone(conv_impl="native")  # compiles faster; agrees with einsum (tested above)
+  mesh = make_mesh([("data", 2), ("fsdp", 4)])
+  abstract = partitioning.abstract_params(model, x.shape)
+  fsdp = partitioning.param_shardings(abstract, mesh, partitioning.FSDP_RULES)
+  dp = partitioning.param_shardings(abstract, mesh, partitioning.DATA_PARALLEL_RULES)
+  assert jax.tree.structure(fsdp) == jax.tree.structure(params)
+  assert all(s.is_fully_replicated for s in jax.tree.leaves(dp))
+  assert fsdp["stages_3_0"]["conv2"]["kernel"].spec == P(None, None, None, "fsdp")
+  assert fsdp["final_conv"]["gain"].spec == P("fsdp")
+  assert fsdp["stages_3_0"]["attn_last"]["kernel"].spec == P(None)  # ECA taps: replicated
+  # 7 tags do not split 4 ways: the head splits along its 64-wide embedding instead.
+  assert fsdp["head"]["kernel"].spec == P("fsdp", None) and fsdp["head"]["bias"].spec == P(None)
+
+  # Init sharded from the start gives the same values as the plain init.
+  sharded = jax.jit(lambda k: native.init(k, x, train=False)["params"], out_shardings=fsdp)(_key())
+  big = sharded["stages_3_0"]["conv1"]["kernel"]
+  assert big.addressable_shards[0].data.shape == big.shape[:3] + (big.shape[3] // 4,)
+  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+  params = jax.tree.map(lambda p: p + 0.05, params)  # open the residual branches
+  sharded = jax.device_put(params, fsdp)
+  x_sh = jax.device_put(x, NamedSharding(mesh, P("data")))
+  fwd = jax.jit(lambda p, x: native.apply({"params": p}, x, train=False), in_shardings=(fsdp, x_sh.sharding))
+  ref = _apply(model, train=False)(params, x)
+  np.testing.assert_allclose(fwd(sharded, x_sh), ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+# ---------------------------------------------------------------------------------- model_info / CLI
+
+def test_model_info_params_and_flops():
+  info = model_info.model_info("l0", act="silu", attn="eca", image_size=192)
+  assert info["params"] == 24_143_924 and info["num_features"] == 2304
+  big = model_info.model_info("l0_silu_eca", image_size=384)
+  assert info["flops"] > 0 and 3.5 < big["flops"] / info["flops"] < 4.5
+  assert big["gmacs"] == pytest.approx(big["flops"] / 2e9)
+
+
+def test_models_cli(capsys):
+  assert cli.main(["models"]) == 0
+  out = capsys.readouterr().out
+  assert all(name in out for name in ("l0", "f3", "nf_resnet50", "tiny"))
+  assert cli.main(["models", "nano_relu", "--image-size", "64", "--num-classes", "10", "--attn", "se"]) == 0
+  out = capsys.readouterr().out
+  model = create_model("nano_relu", num_classes=10, attn="se")
+  assert f"{model_info.count_params(model):,}" in out and "GFLOPs" in out and "act=relu, attn=se" in out
+  assert cli.main(["models", "resnet50"]) == 2
+  assert "unknown model" in capsys.readouterr().err

@@ -23,6 +23,18 @@ Dtype = Any
 conv_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
 
+def param_init(init: Callable, names: tuple[str | None, ...], logical_axes: bool) -> Callable:
+  """``init``, wrapped with ``nn.with_logical_partitioning(init, names)`` when ``logical_axes``.
+
+  Every param of the NF layers names its axes (see ``sw_zoo.models.partitioning.LOGICAL_AXES``):
+  conv kernels ('conv_h', 'conv_w', 'conv_in', 'conv_out'), gains/biases ('conv_out',), ECA
+  taps ('taps',), head ('embed', 'tags') / ('tags',). With ``logical_axes=False`` (the default
+  everywhere) init returns plain arrays; with True, ``nn.LogicallyPartitioned`` boxes holding the
+  same values (the wrapper does not touch the RNG).
+  """
+  return nn.with_logical_partitioning(init, names) if logical_axes else init
+
+
 # --------------------------------------------------------------------------------------------
 # Activations and their NF gains
 # --------------------------------------------------------------------------------------------
@@ -84,6 +96,9 @@ def get_activation(name: str) -> Activation:
 CONV_IMPLS = ("auto", "native", "einsum")
 
 
+PADDINGS = ("symmetric", "same")
+
+
 def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
   """timm's symmetric padding rule (``timm.layers.padding.get_padding``).
 
@@ -91,6 +106,18 @@ def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
   bottom/right more for stride 2) is what timm's eca_nfnet_l* use.
   """
   return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def get_same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+  """TF 'SAME' padding (low, high) of one spatial dim, as timm's ``pad_same``.
+
+  The output has ceil(size / stride) positions; an odd total pad puts the extra pixel at the
+  bottom/right. For stride 1 and odd kernels this equals the symmetric rule; for stride 2 on
+  an even size a 3x3 conv pads (0, 1) instead of (1, 1). timm's ``ScaledStdConv2dSame``
+  (dm_nfnet_f*) pads this way.
+  """
+  total = max((-(-size // stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+  return total // 2, total - total // 2
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -107,9 +134,11 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
-def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int, groups: int,
-           impl: str = "native") -> jax.Array:
-  """NHWC x HWIO convolution with symmetric padding and ``groups`` feature groups.
+def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int | tuple[tuple[int, int], tuple[int, int]],
+           groups: int, impl: str = "native") -> jax.Array:
+  """NHWC x HWIO convolution with ``groups`` feature groups.
+
+  ``padding``: an int (the same on every side) or ((top, bottom), (left, right)).
 
   ``impl='einsum'`` gives the same result as ``'native'`` for grouped convs, computed as
   k*k strided slices of the padded input, laid out as per-group patches [B, Ho, Wo, G, k*k*Cin/G]
@@ -118,17 +147,20 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int, groups: int
   0.95-2x the speed of summing k*k per-tap einsums. Dense (groups == 1) convs always use the
   native op, which XLA:CPU handles well.
   """
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  (pt, pb), (pl, pr) = padding
   if impl == "native" or groups == 1:
     return jax.lax.conv_general_dilated(
-        x, w, window_strides=(stride, stride), padding=((padding, padding), (padding, padding)),
+        x, w, window_strides=(stride, stride), padding=((pt, pb), (pl, pr)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
   kh, kw, cin_g, cout = w.shape
   b, h, wd, cin = x.shape
   if cin != cin_g * groups or cout % groups:
     raise ValueError(f"conv2d: input channels {cin} / kernel {w.shape} do not fit groups={groups}")
-  ho = (h + 2 * padding - kh) // stride + 1
-  wo = (wd + 2 * padding - kw) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  ho = (h + pt + pb - kh) // stride + 1
+  wo = (wd + pl + pr - kw) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   # Group g owns input channels [g*Cin/G, (g+1)*Cin/G) and output channels
   # [g*Cout/G, (g+1)*Cout/G) (XLA's feature_group_count layout), so reshapes expose groups.
   taps = [
@@ -166,7 +198,8 @@ class StdConv(nn.Module):
   1e-5, the value timm's NFNet configs pass (``NfCfg.std_conv_eps``); the layer's own
   default in timm is 1e-6. Params: ``kernel`` [k, k, Cin/groups, Cout] (HWIO), ``gain``
   [Cout], ``bias`` [Cout]. Standardisation runs in float32 (the param dtype) before the
-  weight is cast to the compute dtype.
+  weight is cast to the compute dtype. ``padding``: 'symmetric' (timm ``ScaledStdConv2d``) or
+  'same' (TF SAME, timm ``ScaledStdConv2dSame``; see ``get_same_padding``).
   """
   features: int
   kernel_size: int = 1
@@ -176,7 +209,9 @@ class StdConv(nn.Module):
   eps: float = 1e-5
   gain_init: float = 1.0
   use_bias: bool = True
+  padding: str = "symmetric"
   conv_impl: str = "auto"
+  logical_axes: bool = False        # box params with logical axis names (see param_init)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -186,17 +221,23 @@ class StdConv(nn.Module):
     if cin % self.groups or self.features % self.groups:
       raise ValueError(f"{self.name}: channels {cin}->{self.features} not divisible by groups={self.groups}")
     k = self.kernel_size
-    kernel = self.param("kernel", conv_kernel_init, (k, k, cin // self.groups, self.features),
-                        self.param_dtype)
-    gain = self.param("gain", nn.initializers.constant(self.gain_init), (self.features,),
-                      self.param_dtype)
+    init = lambda fn, *names: param_init(fn, names, self.logical_axes)
+    kernel = self.param("kernel", init(conv_kernel_init, "conv_h", "conv_w", "conv_in", "conv_out"),
+                        (k, k, cin // self.groups, self.features), self.param_dtype)
+    gain = self.param("gain", init(nn.initializers.constant(self.gain_init), "conv_out"),
+                      (self.features,), self.param_dtype)
     w = standardize_weight(kernel.astype(jnp.float32), gain.astype(jnp.float32),
                            gamma=self.gamma, eps=self.eps)
-    y = conv2d(x.astype(self.dtype), w.astype(self.dtype), stride=self.stride,
-               padding=get_padding(k, self.stride), groups=self.groups,
-               impl=resolve_conv_impl(self.conv_impl))
+    if self.padding == "symmetric":
+      padding = get_padding(k, self.stride)
+    elif self.padding == "same":
+      padding = tuple(get_same_padding(n, k, self.stride) for n in x.shape[1:3])
+    else:
+      raise ValueError(f"{self.name}: padding={self.padding!r}; expected one of {PADDINGS}")
+    y = conv2d(x.astype(self.dtype), w.astype(self.dtype), stride=self.stride, padding=padding,
+               groups=self.groups, impl=resolve_conv_impl(self.conv_impl))
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+      bias = self.param("bias", init(nn.initializers.zeros, "conv_out"), (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
 
@@ -223,6 +264,7 @@ def _uniform_fan_in(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.f
 class ECA(nn.Module):
   """Efficient Channel Attention: a k-tap 1D conv (no bias, zero padding) along the channel
   axis of the spatially pooled features, then a sigmoid gate. Param: ``kernel`` [k]."""
+  logical_axes: bool = False
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -231,7 +273,8 @@ class ECA(nn.Module):
     k = eca_kernel_size(c)
     # PyTorch Conv1d's default init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(k)); timm's NFNet
     # init loop only touches Conv2d/Linear, so ECA keeps it.
-    kernel = self.param("kernel", _uniform_fan_in, (k,), self.param_dtype)
+    kernel = self.param("kernel", param_init(_uniform_fan_in, ("taps",), self.logical_axes), (k,),
+                        self.param_dtype)
     # Pool in float32: a mean over thousands of bf16 values loses most of its precision.
     y = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     p = (k - 1) // 2
@@ -259,6 +302,7 @@ class SqueezeExcite(nn.Module):
   """
   rd_ratio: float = 0.5
   rd_divisor: int = 8
+  logical_axes: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -266,8 +310,11 @@ class SqueezeExcite(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     rd = make_divisible(c * self.rd_ratio, self.rd_divisor, round_limit=0.0)
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype,
-                                     kernel_init=conv_kernel_init, name=name)
+    # fc1/fc2 are 1x1 convs in timm: their [in, out] kernels take the conv axis names.
+    dense = lambda n, name: nn.Dense(
+        n, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        kernel_init=param_init(conv_kernel_init, ("conv_in", "conv_out"), self.logical_axes),
+        bias_init=param_init(nn.initializers.zeros, ("conv_out",), self.logical_axes))
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
     s = dense(c, "fc2")(jax.nn.relu(dense(rd, "fc1")(s)))
     return x * jax.nn.sigmoid(s.astype(jnp.float32))[:, None, None, :].astype(x.dtype)

@@ -1,9 +1,11 @@
 """NFNet (Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
-Normalization") in Flax linen, with the geometry and numerics of timm's ``eca_nfnet_l*``.
+Normalization") and NF-ResNet (Brock et al. 2021, "Characterizing signal propagation to close
+the performance gap in unnormalized ResNets") in Flax linen, with the geometry and numerics of
+timm's ``eca_nfnet_l*``, ``dm_nfnet_f*`` and ``nf_resnet*``.
 
-The architecture lives in one frozen dataclass, ``NFNetConfig``; named variants are one-line
-entries in ``VARIANTS``. Activation and attention are config fields, so "L2 + SiLU + ECA" or
-"L0 + ReLU" are configurations, not code.
+The architecture lives in one frozen dataclass, ``NFNetConfig`` (timm's ``NfCfg``); named
+variants are one-line entries in ``VARIANTS``. Activation and attention are config fields, so
+"L2 + SiLU + ECA" or "L0 + ReLU" are configurations, not code.
 
 Parameter names mirror timm's module paths (``stem/conv1``, ``stages_2_5/conv2b``,
 ``final_conv``, ``head``) so a converter is a renaming plus transposes.
@@ -18,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sw_zoo.models.layers import (ACTIVATIONS, ATTENTIONS, CONV_IMPLS, ECA, DropPath, SqueezeExcite, StdConv,
-                                  get_activation, make_divisible)
+from sw_zoo.models.layers import (ACTIVATIONS, ATTENTIONS, CONV_IMPLS, ECA, PADDINGS, DropPath, SqueezeExcite,
+                                  StdConv, get_activation, make_divisible, param_init)
 
 Dtype = Any
 
@@ -27,7 +29,8 @@ Dtype = Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-STEM_TYPES = ("deep_quad", "deep", "3x3")
+# timm create_stem types; '_pool' adds a 3x3 stride-2 max pool (NF-ResNet: '7x7_pool').
+STEM_TYPES = ("deep_quad", "deep", "deep_pool", "3x3", "3x3_pool", "7x7", "7x7_pool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,10 @@ class NFNetConfig:
   stem_type: str = "deep_quad"      # one of STEM_TYPES
   stem_chs: int = 128
   extra_conv: bool = True           # second grouped 3x3 conv per block (NFNet-F/L)
+  padding: str = "symmetric"        # conv padding: 'symmetric' (timm) or 'same' (TF SAME, timm dm_nfnet_f*)
+  gamma_in_act: bool = False        # scale activations by the NF gain instead of folding it into the
+                                    # convs (timm gamma_in_act, dm_nfnet_f*: the stem's first conv and
+                                    # final_conv then have no gain, and the final act does)
   alpha: float = 0.2                # residual branch scale; expected variance grows by alpha^2 per block
   act: str = "silu"                 # key of layers.ACTIVATIONS
   attn: str | None = None           # 'eca', 'se' or None; applied after conv3
@@ -72,6 +79,8 @@ class NFNetConfig:
       bad("attn", f"{self.attn!r} is not one of {sorted(ATTENTIONS)} or None")
     if self.stem_type not in STEM_TYPES:
       bad("stem_type", f"{self.stem_type!r} is not one of {STEM_TYPES}")
+    if self.padding not in PADDINGS:
+      bad("padding", f"{self.padding!r} is not one of {PADDINGS}")
     if self.stem_type == "deep_quad" and self.stem_chs % 8:
       bad("stem_chs", f"deep_quad stem needs a multiple of 8, got {self.stem_chs}")
     if not 0.0 <= self.drop_rate < 1.0:
@@ -99,6 +108,19 @@ class NFNetConfig:
                        f"width {mid} of a {out_chs}-channel stage")
     return mid, groups
 
+  def nonlinearity(self):
+    """(activation fn as used between convs, NF gain folded into every StdConv).
+
+    timm folds gamma into the convs (cheaper); with ``gamma_in_act`` it scales the activation
+    outputs instead, so convs that read no activation (the stem's first, final_conv) go unscaled
+    and the final activation is scaled.
+    """
+    act = get_activation(self.act)
+    if not self.gamma_in_act:
+      return act.fn, act.gamma
+    fn, gamma = act.fn, act.gamma
+    return (lambda x: fn(x) * jnp.asarray(gamma, x.dtype)), 1.0
+
   @property
   def num_features(self) -> int:
     """Width of the pooled embedding."""
@@ -113,12 +135,35 @@ def _nfnet_l(depths, feat_mult):
                      group_size=64, bottle_ratio=0.25)
 
 
+def _dm_nfnet_f(depths):
+  # timm _dm_nfnet_cfg (dm_nfnet_f*, DeepMind-weight compatible): GELU, SE(0.5), group 128,
+  # skipinit, gamma in the activations, TF SAME padding; std_conv_eps stays NfCfg's 1e-5.
+  return NFNetConfig(depths=depths, channels=(256, 512, 1536, 1536), feat_mult=2.0, group_size=128,
+                     bottle_ratio=0.5, act="gelu", attn="se", se_rd_ratio=0.5, skipinit=True,
+                     gamma_in_act=True, padding="same")
+
+
+def _nf_resnet(depths):
+  # timm _nfres_cfg (nf_resnet*): pre-activation ResNet bottlenecks, 7x7 conv + max pool stem,
+  # no final conv (num_features = channels[-1]), ReLU, no attention.
+  return NFNetConfig(depths=depths, channels=(256, 512, 1024, 2048), feat_mult=0.0, group_size=None,
+                     bottle_ratio=0.25, stem_type="7x7_pool", stem_chs=64, extra_conv=False, act="relu")
+
+
 VARIANTS: dict[str, NFNetConfig] = {
     # timm eca_nfnet_l0/l1/l2 geometry (add attn='eca' for the timm models; SW-CV-ModelZoo ran
     # these with silu/hswish/relu, with and without ECA).
     "l0": _nfnet_l((1, 2, 6, 3), 1.5),
     "l1": _nfnet_l((2, 4, 12, 6), 2.0),
     "l2": _nfnet_l((3, 6, 18, 9), 2.0),
+    # timm dm_nfnet_f0..f3 (NFNet-F, the paper's models; attn 'se' is part of the variant).
+    "f0": _dm_nfnet_f((1, 2, 6, 3)),
+    "f1": _dm_nfnet_f((2, 4, 12, 6)),
+    "f2": _dm_nfnet_f((3, 6, 18, 9)),
+    "f3": _dm_nfnet_f((4, 8, 24, 12)),
+    # timm nf_resnet26 / nf_resnet50.
+    "nf_resnet26": _nf_resnet((2, 2, 2, 2)),
+    "nf_resnet50": _nf_resnet((3, 4, 6, 3)),
     # CPU-sized: the same block structure (deep_quad stem, grouped 3x3s, extra conv) at toy
     # widths. tiny, fwd+bwd at batch 64 on 2 idle CPU cores with the einsum grouped conv:
     # ~500 img/s at 96 px, ~290 img/s at 128 px (native grouped conv: ~220 / ~120).
@@ -149,18 +194,20 @@ class NFBlock(nn.Module):
   beta: float
   drop_path_rate: float
   conv_impl: str = "auto"
+  logical_axes: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     cfg = self.cfg
-    act = get_activation(cfg.act)
+    act_fn, conv_gamma = cfg.nonlinearity()
     mid, groups = cfg.bottleneck(self.out_chs)
-    conv = lambda *a, **k: StdConv(*a, gamma=act.gamma, eps=cfg.std_conv_eps, conv_impl=self.conv_impl,
+    conv = lambda *a, **k: StdConv(*a, gamma=conv_gamma, eps=cfg.std_conv_eps, padding=cfg.padding,
+                                   conv_impl=self.conv_impl, logical_axes=self.logical_axes,
                                    dtype=self.dtype, param_dtype=self.param_dtype, **k)
 
-    out = act.fn(x) * jnp.asarray(self.beta, x.dtype)
+    out = act_fn(x) * jnp.asarray(self.beta, x.dtype)
     shortcut = x
     if x.shape[-1] != self.out_chs or self.stride != 1:
       s = out
@@ -173,57 +220,68 @@ class NFBlock(nn.Module):
       shortcut = conv(self.out_chs, 1, name="downsample")(s)
 
     r = conv(mid, 1, name="conv1")(out)
-    r = conv(mid, 3, stride=self.stride, groups=groups, name="conv2")(act.fn(r))
+    r = conv(mid, 3, stride=self.stride, groups=groups, name="conv2")(act_fn(r))
     if cfg.extra_conv:
-      r = conv(mid, 3, groups=groups, name="conv2b")(act.fn(r))
-    r = conv(self.out_chs, 1, gain_init=1.0 if cfg.skipinit else 0.0, name="conv3")(act.fn(r))
+      r = conv(mid, 3, groups=groups, name="conv2b")(act_fn(r))
+    r = conv(self.out_chs, 1, gain_init=1.0 if cfg.skipinit else 0.0, name="conv3")(act_fn(r))
     if cfg.attn == "eca":
-      r = ECA(param_dtype=self.param_dtype, name="attn_last")(r)
+      r = ECA(logical_axes=self.logical_axes, param_dtype=self.param_dtype, name="attn_last")(r)
       r = r * jnp.asarray(cfg.attn_gain, r.dtype)
     elif cfg.attn == "se":
-      r = SqueezeExcite(rd_ratio=cfg.se_rd_ratio, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="attn_last")(r)
+      r = SqueezeExcite(rd_ratio=cfg.se_rd_ratio, logical_axes=self.logical_axes, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="attn_last")(r)
       r = r * jnp.asarray(cfg.attn_gain, r.dtype)
     r = DropPath(self.drop_path_rate, name="drop_path")(r, deterministic=not train)
     if cfg.skipinit:
       # SkipInit (De & Smith 2020): zero-initialised scalar gain on the residual branch.
-      g = self.param("skipinit_gain", nn.initializers.zeros, (), self.param_dtype)
+      g = self.param("skipinit_gain", param_init(nn.initializers.zeros, (), self.logical_axes), (),
+                     self.param_dtype)
       r = r * g.astype(r.dtype)
     return shortcut + r * jnp.asarray(cfg.alpha, r.dtype)
 
 
 class Stem(nn.Module):
   """timm create_stem for 'deep_quad' (NFNet: 3x3 convs to C/8, C/4, C/2, C with strides
-  2, 1, 1, 2), 'deep' (C/2, C/2, C; strides 2, 1, 1) and '3x3' (one stride-2 conv).
+  2, 1, 1, 2), 'deep' (C/2, C/2, C; strides 2, 1, 1), '3x3' (one stride-2 conv) and '7x7' (one
+  stride-2 7x7 conv); a '_pool' suffix adds MaxPool2d(3, stride 2, padding 1) (NF-ResNet).
   No activation after the last conv: each block starts with its own."""
   cfg: NFNetConfig
   conv_impl: str = "auto"
+  logical_axes: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @property
   def stride(self) -> int:
-    return 4 if self.cfg.stem_type == "deep_quad" else 2
+    if self.cfg.stem_type == "deep_quad":
+      return 4
+    return 4 if self.cfg.stem_type.endswith("_pool") else 2
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.cfg
-    act = get_activation(cfg.act)
+    act_fn, conv_gamma = cfg.nonlinearity()
     c = cfg.stem_chs
-    if cfg.stem_type == "deep_quad":
+    kind = cfg.stem_type.removesuffix("_pool")
+    k = 7 if kind == "7x7" else 3
+    if kind == "deep_quad":
       chs, strides = (c // 8, c // 4, c // 2, c), (2, 1, 1, 2)
-    elif cfg.stem_type == "deep":
+    elif kind == "deep":
       chs, strides = (c // 2, c // 2, c), (2, 1, 1)
     else:
       chs, strides = (c,), (2,)
     for i, (ch, s) in enumerate(zip(chs, strides)):
       if i:
-        x = act.fn(x)
+        x = act_fn(x)
       name = "conv" if len(chs) == 1 else f"conv{i + 1}"
-      # timm scales every conv, this first one included, by the activation gamma; kept so
-      # timm weights give timm outputs.
-      x = StdConv(ch, 3, stride=s, gamma=act.gamma, eps=cfg.std_conv_eps, conv_impl=self.conv_impl,
-                  dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+      # timm scales every conv, this first one included, by the activation gamma (unless
+      # gamma_in_act); kept so timm weights give timm outputs.
+      x = StdConv(ch, k, stride=s, gamma=conv_gamma, eps=cfg.std_conv_eps, padding=cfg.padding,
+                  conv_impl=self.conv_impl, logical_axes=self.logical_axes, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=name)(x)
+    if cfg.stem_type.endswith("_pool"):
+      # nn.MaxPool2d(3, stride=2, padding=1): pads with -inf.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     return x
 
 
@@ -237,8 +295,8 @@ class NFNet(nn.Module):
   ``__call__(x, *, train, return_features=False)``:
     * returns logits [B, num_classes] in float32 (compute may be bfloat16);
       with ``num_classes == 0`` there is no head and it returns the pooled embedding instead;
-    * ``return_features=True`` returns a dict: 'stem' (stem output; stride 4 for 'deep_quad',
-      2 otherwise), 'stages' (one [B, h, w, C] per stage: the residual stream), 'pooled'
+    * ``return_features=True`` returns a dict: 'stem' (stem output; stride 4 for 'deep_quad'
+      and '*_pool', 2 otherwise), 'stages' (one [B, h, w, C] per stage: the residual stream), 'pooled'
       [B, num_features] float32 (the embedding) and 'logits' (absent when num_classes == 0).
   ``train=True`` enables head dropout (RNG stream ``'dropout'``) and drop path (stream
   ``'drop_path'``); pass both in ``rngs`` when drop_rate / drop_path_rate are non-zero.
@@ -249,6 +307,7 @@ class NFNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   conv_impl: str = "auto"           # grouped-conv lowering: 'auto' | 'native' | 'einsum'
   remat: bool = False               # recompute each block in the backward pass (saves activation memory)
+  logical_axes: bool = False        # init returns nn.LogicallyPartitioned boxes (see models/partitioning.py)
 
   def _normalize(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -262,8 +321,9 @@ class NFNet(nn.Module):
     cfg = self.cfg
     if self.conv_impl not in CONV_IMPLS:
       raise ValueError(f"NFNet.conv_impl={self.conv_impl!r}; expected one of {CONV_IMPLS}")
-    act = get_activation(cfg.act)
-    common = dict(conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    act_fn, conv_gamma = cfg.nonlinearity()
+    common = dict(conv_impl=self.conv_impl, logical_axes=self.logical_axes, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
 
     stem = Stem(cfg, name="stem", **common)
     x = stem(self._normalize(x))
@@ -291,8 +351,9 @@ class NFNet(nn.Module):
     features["stages"] = tuple(features["stages"])
 
     if cfg.feat_mult:
-      x = StdConv(cfg.num_features, 1, gamma=act.gamma, eps=cfg.std_conv_eps, name="final_conv", **common)(x)
-    x = act.fn(x)
+      x = StdConv(cfg.num_features, 1, gamma=conv_gamma, eps=cfg.std_conv_eps, padding=cfg.padding,
+                  name="final_conv", **common)(x)
+    x = act_fn(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     features["pooled"] = pooled
     if self.num_classes == 0:
@@ -304,6 +365,8 @@ class NFNet(nn.Module):
                  else nn.initializers.zeros)
     kernel_init = (nn.initializers.normal(cfg.head_init_std) if cfg.head_init_std > 0
                    else nn.initializers.zeros)
+    kernel_init = param_init(kernel_init, ("embed", "tags"), self.logical_axes)
+    bias_init = param_init(bias_init, ("tags",), self.logical_axes)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                       kernel_init=kernel_init, bias_init=bias_init, name="head")(h.astype(self.dtype))
     logits = logits.astype(jnp.float32)

@@ -3,7 +3,10 @@ itself on import.
 
 A name is a variant key optionally followed by an activation and/or an attention, in the
 spelling of SW-CV-ModelZoo's runs: ``'l2'``, ``'l2_silu_eca'``, ``'l0_relu'``,
-``'l1_hswish_se'``. A variant's own attention is None, so ``'l0_relu'`` has no attention.
+``'l1_hswish_se'``, ``'nf_resnet50_silu'``. A suffix overrides the variant's own setting; the
+l*/nf_resnet* variants have no attention (so ``'l0_relu'`` has none), f* variants have SE
+(``create_model('f0', attn='none', ...)`` drops it). Keys may contain '_': the longest key
+that prefixes the name wins.
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ def list_models() -> list[str]:
 
 def parse_model_name(name: str) -> tuple[str, dict[str, Any]]:
   """'l2_silu_eca' -> ('l2', {'act': 'silu', 'attn': 'eca'})."""
-  base, *suffixes = name.split("_")
-  if base not in VARIANTS:
-    raise ValueError(f"unknown model {name!r}: {base!r} is not one of {list_models()}")
+  base = max((k for k in VARIANTS if name == k or name.startswith(k + "_")), key=len, default=None)
+  if base is None:
+    raise ValueError(f"unknown model {name!r}: it does not start with one of {list_models()}")
+  suffixes = name[len(base):].split("_")[1:]
   fields: dict[str, Any] = {}
   for token in suffixes:
     key = "act" if token in ACTIVATIONS else "attn" if token in ATTENTIONS else None
