@@ -2,6 +2,8 @@
 
   sw-zoo train --config configs/demo.py --workdir runs/demo
   sw-zoo synthetic --out data/synthetic
+  sw-zoo prepare folder IMAGES_DIR --out data/mine
+  sw-zoo inspect data/mine
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ USAGE = """usage: sw-zoo COMMAND [ARGS...]
 commands:
   train       train or resume a tagger        (sw-zoo train --config configs/demo.py --workdir runs/demo)
   synthetic   generate the built-in dataset   (sw-zoo synthetic --out data/synthetic)
+  prepare     convert images + tags to shards (sw-zoo prepare folder IMAGES_DIR --out data/mine;
+              sources: folder, manifest, danbooru, sqlite, tfds)
+  inspect     summarise a dataset + samples   (sw-zoo inspect data/mine --samples 16)
+  models      list models / params and FLOPs  (sw-zoo models l2_silu_eca --image-size 384)
 
 Run `sw-zoo COMMAND --help` for a command's options."""
 
@@ -32,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     from data_prep import synthetic
 
     return synthetic.main(rest) or 0
+  if command in ("prepare", "inspect"):
+    from data_prep import __main__ as data_prep_main
+
+    if command == "prepare" and (not rest or rest[0] in ("-h", "--help")):
+      rest = ["--help"]  # `sw-zoo prepare --help` shows the source kinds.
+    return data_prep_main.main(rest if command == "prepare" else ["inspect", *rest]) or 0
+  if command == "models":
+    from sw_zoo.models import model_info
+
+    return model_info.main(rest) or 0
   print(f"sw-zoo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
   return 2
 

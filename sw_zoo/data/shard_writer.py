@@ -4,6 +4,10 @@ Shards are named `<split>-00000-of-00004.array_record`. The total is only known 
 converter may skip unreadable images), so each shard is first written to
 `<split>-00000.array_record.tmp` and all are renamed to their final names in `close()`. An
 interrupted run therefore leaves only `.tmp` files, never a shard that looks complete.
+
+A converter that writes a split as independent, resumable pieces (data_prep.convert) knows the
+total up front and passes `first_index` and `num_shards`, so one writer can produce exactly
+`train-00003-of-00010.array_record`.
 """
 
 from __future__ import annotations
@@ -31,18 +35,26 @@ class ShardWriter:
       writer.filenames  # ["train-00000-of-00005.array_record", ...], relative to out_dir
 
   On an exception inside the `with` block the partial `.tmp` files are removed.
+
+  `first_index` numbers this writer's first shard (default 0) and `num_shards` fixes the "-of-N"
+  total (default: however many shards this writer ends up writing).
   """
 
   def __init__(self, out_dir: str | os.PathLike, split: str, shard_size: int,
-               options: str = ARRAY_RECORD_OPTIONS):
+               options: str = ARRAY_RECORD_OPTIONS, *, first_index: int = 0,
+               num_shards: int | None = None):
     if shard_size <= 0:
       raise ValueError(f"shard_size must be positive, got {shard_size}")
     if not split or "/" in split or "-" in split:
       raise ValueError(f"split name must be non-empty without '/' or '-', got {split!r}")
+    if first_index < 0 or (num_shards is not None and not 0 <= first_index < num_shards):
+      raise ValueError(f"need 0 <= first_index < num_shards, got {first_index}, {num_shards}")
     self.out_dir = os.fspath(out_dir)
     self.split = split
     self.shard_size = shard_size
     self.options = options
+    self.first_index = first_index
+    self.num_shards = num_shards
     self.num_records = 0
     self.filenames: list[str] = []
     self._tmp_paths: list[str] = []
@@ -52,7 +64,8 @@ class ShardWriter:
 
   def _open_next_shard(self) -> None:
     tmp_path = os.path.join(
-        self.out_dir, f"{self.split}-{len(self._tmp_paths):05d}{SHARD_SUFFIX}.tmp")
+        self.out_dir,
+        f"{self.split}-{self.first_index + len(self._tmp_paths):05d}{SHARD_SUFFIX}.tmp")
     self._tmp_paths.append(tmp_path)
     self._writer = array_record_module.ArrayRecordWriter(tmp_path, self.options)
 
@@ -60,6 +73,10 @@ class ShardWriter:
     if self._closed:
       raise ValueError(f"ShardWriter for split {self.split!r} is already closed")
     if self._writer is None:
+      if (self.num_shards is not None
+          and self.first_index + len(self._tmp_paths) >= self.num_shards):
+        raise ValueError(f"ShardWriter for split {self.split!r} would write more than "
+                         f"num_shards={self.num_shards} shards")
       self._open_next_shard()
     self._writer.write(record)
     self.num_records += 1
@@ -74,9 +91,9 @@ class ShardWriter:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
-    num_shards = len(self._tmp_paths)
+    num_shards = len(self._tmp_paths) if self.num_shards is None else self.num_shards
     for i, tmp_path in enumerate(self._tmp_paths):
-      name = shard_filename(self.split, i, num_shards)
+      name = shard_filename(self.split, self.first_index + i, num_shards)
       os.replace(tmp_path, os.path.join(self.out_dir, name))
       self.filenames.append(name)
     self._closed = True

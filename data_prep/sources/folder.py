@@ -1,0 +1,69 @@
+"""A folder tree of images with sidecar tag files, as kohya / booru downloaders write them.
+
+    root/a/img001.png    root/a/img001.txt      "1girl, long hair, rating:s"
+    root/b/post.jpg      root/b/post.jpg.txt    "1girl long_hair solo"   (gallery-dl style)
+
+The caption is `<stem><ext>` or else `<name><ext>` (ext `.txt` by default). Files are visited in
+sorted order (directories too, hidden ones skipped, symlinked directories not followed), so the
+order and the item numbering are the same on every run and machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+from data_prep.sources import (BAD_CAPTION_ENCODING, IMAGE_EXTENSIONS, NO_CAPTION, SourceItem)
+from data_prep.tags import RawTag, parse_tag_string
+
+
+class FolderSource:
+  kind = "folder"
+  split_by = "key"
+
+  def __init__(self, root: str | os.PathLike, *, caption_ext: str = ".txt",
+               exclude: str | os.PathLike | None = None):
+    self.root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(self.root):
+      raise ValueError(f"folder source {self.root} is not a directory")
+    self.caption_ext = caption_ext if caption_ext.startswith(".") else f".{caption_ext}"
+    # The output directory, when it lies inside the tree, must not be read as input.
+    self.exclude = os.path.abspath(os.fspath(exclude)) if exclude else None
+
+  def describe(self) -> dict[str, Any]:
+    return {"root": self.root, "caption_ext": self.caption_ext}
+
+  def _image_paths(self) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(self.root):
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                           and os.path.join(dirpath, d) != self.exclude)
+      for name in sorted(filenames):
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+          yield os.path.join(dirpath, name)
+
+  def _caption_path(self, image_path: str) -> str | None:
+    for candidate in (os.path.splitext(image_path)[0] + self.caption_ext,
+                      image_path + self.caption_ext):
+      if os.path.isfile(candidate):
+        return candidate
+    return None
+
+  def __iter__(self) -> Iterator[SourceItem]:
+    for path in self._image_paths():
+      key = os.path.relpath(path, self.root).replace(os.sep, "/")
+      # Non-UTF-8 file names arrive with surrogate escapes; keep the key printable and unique.
+      key = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+      caption = self._caption_path(path)
+      if caption is None:
+        yield SourceItem(key=key, path=path,
+                         error=(NO_CAPTION, f"no {self.caption_ext} tag file next to {path}"))
+        continue
+      with open(caption, "rb") as f:
+        raw = f.read()
+      try:
+        text = raw.decode("utf-8-sig")
+      except UnicodeDecodeError as e:
+        yield SourceItem(key=key, path=path,
+                         error=(BAD_CAPTION_ENCODING, f"{caption} is not UTF-8: {e}"))
+        continue
+      yield SourceItem(key=key, path=path, tags=[RawTag(t) for t in parse_tag_string(text)])
