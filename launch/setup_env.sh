@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the other launch scripts: creates (or reuses) the project's virtualenv and installs
-# sw_zoo into it, editable, with the test extra. Reinstalls only when pyproject.toml changed.
+# sw_zoo into it, editable, with the `test` and `parity` (torch CPU + timm) extras. Reinstalls
+# only when pyproject.toml or the extras change.
 #   SW_ZOO_VENV  venv location (default: <repo>/.venv)
 #   PYTHON       interpreter used to create it (default: python3; needs >= 3.11)
 set -euo pipefail
@@ -13,11 +14,12 @@ if [ ! -x "$SW_ZOO_VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$SW_ZOO_VENV"
 fi
 stamp="$SW_ZOO_VENV/.sw_zoo_install_stamp"
-want=$(sha256sum "$SW_ZOO_ROOT/pyproject.toml" | cut -d' ' -f1)
+extras="test,parity"
+want=$( (cat "$SW_ZOO_ROOT/pyproject.toml"; echo "$extras") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing sw_zoo and its dependencies into $SW_ZOO_VENV (first run takes a few minutes)" >&2
   "$SW_ZOO_VENV/bin/python" -m pip install -q --upgrade pip
-  "$SW_ZOO_VENV/bin/python" -m pip install -q -e "$SW_ZOO_ROOT[test]"
+  "$SW_ZOO_VENV/bin/python" -m pip install -q -e "$SW_ZOO_ROOT[$extras]"
   echo "$want" > "$stamp"
 fi
 export PATH="$SW_ZOO_VENV/bin:$PATH"
