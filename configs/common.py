@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from sw_zoo.data.augment import SPEC_DEFAULTS
+
 
 def parse_arg(arg: str | None, **defaults):
   """'runlocal,res=384' -> ConfigDict(runlocal=True, res=384, ...defaults).
@@ -41,7 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dir = "data/synthetic"  # holds dataset.json, selected_tags.csv and the shards
   c.data.image_size = 320  # training / eval resolution (images are resized to this)
-  c.data.augment = True
+  c.data.augment = True  # False: no training augmentation at all
+  # Host-side augmentation (sw_zoo/data/augment.py): `ops` in order, e.g.
+  # "letterbox,rrc,flip,rotate,cutout"; the other keys parameterise the ops. The default
+  # "shift,flip" never rescales (the synthetic dataset's size tags depend on scale).
+  c.data.augment_spec = ml_collections.ConfigDict(dict(SPEC_DEFAULTS))
+  # Repeat-factor over-sampling of images with rare tags (LVIS-style): an image is repeated
+  # max(1, sqrt(t / f)) times per epoch for its rarest tag of frequency f. 0 disables.
+  c.data.repeat_factor_threshold = 0.0
   c.data.num_threads = 16  # grain reader threads per process
   c.data.prefetch = 8  # batches prefetched per process
   # If set and data.dir has no dataset yet, the built-in synthetic dataset is generated there.
@@ -61,6 +70,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.drop_path_rate = 0.1
 
   c.loss = "bce"
+  # Per-tag loss weights from training tag counts (sw_zoo/data/balance.py):
+  # none | inverse_sqrt | inverse | effective_num; clip bounds max/min weight (0: unbounded).
+  c.loss_weights = ml_collections.ConfigDict()
+  c.loss_weights.method = "none"
+  c.loss_weights.beta = 0.999
+  c.loss_weights.clip = 10.0
+
+  # Device-side MixUp / CutMix (SW-CV-ModelZoo used MixUp 0.2). 0 disables each.
+  c.mix = ml_collections.ConfigDict()
+  c.mix.mixup_alpha = 0.0
+  c.mix.cutmix_alpha = 0.0
+  c.mix.switch_prob = 0.5  # with both on: probability of CutMix for an example
+  c.mix.prob = 1.0  # probability that an example is mixed at all
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"  # sgd | adamw

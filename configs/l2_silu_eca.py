@@ -19,6 +19,10 @@ def get_config(arg=None):
 
   c.data.dir = "data/danbooru2021"  # ArrayRecord shards from data_prep
   c.data.image_size = 320  # SW trained at 320 and finetuned at 384
+  c.data.augment_spec.ops = "letterbox,rrc,flip,rotate"
+  c.data.augment_spec.rrc_scale = (0.87, 1.0)
+  c.data.augment_spec.resize_methods = ("bilinear", "bicubic", "lanczos", "box")
+  c.mix.mixup_alpha = 0.2
   c.batch_size = 1024
   c.total_epochs = 100.0
 

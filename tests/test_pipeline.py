@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from sw_zoo.data import augment, dataset_info, pipeline, records
+from sw_zoo.data import augment, balance, dataset_info, pipeline, records
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE = 64, 24, 32
 
@@ -155,3 +155,89 @@ def test_preprocess_eval_letterboxes_non_square():
   out = augment.preprocess_eval(tall, 16)
   assert out.shape == (16, 16, 3)
   assert out[8, 0].tolist() == [255, 255, 255] and out[8, 8].tolist() == [0, 0, 0]
+
+
+# ---- Augmentation specs and repeat-factor sampling -----------------------------------------
+
+SPEC = {"ops": "letterbox,rrc,flip,rotate,cutout", "rrc_scale": (0.5, 1.0), "rotate_deg": 10,
+        "resize_methods": "bilinear,bicubic,lanczos,box"}
+
+
+def test_augment_spec_batches_are_seeded_and_resume_exactly(data_dir):
+  first = _take(iter(_train(data_dir, augment_spec=SPEC, image_size=24)), 3)
+  assert first[0]["image"].shape == (8, 24, 24, 3) and first[0]["image"].dtype == np.uint8
+  _assert_batches_equal(first, _take(iter(_train(data_dir, augment_spec=SPEC, image_size=24)), 3))
+  default = _take(iter(_train(data_dir, image_size=24)), 3)
+  assert not np.array_equal(first[0]["image"], default[0]["image"])
+  # The default spec, spelled out, is the default.
+  _assert_batches_equal(default, _take(iter(_train(data_dir, image_size=24,
+                                                   augment_spec=augment.DEFAULT_SPEC)), 3))
+  iterator = iter(_train(data_dir, augment_spec=SPEC))
+  _take(iterator, 2)
+  state = iterator.get_state()
+  expected = _take(iterator, 4)
+  resumed = iter(_train(data_dir, augment_spec=SPEC))
+  resumed.set_state(state)
+  _assert_batches_equal(expected, _take(resumed, 4))
+
+
+def test_augment_false_means_eval_preprocessing_whatever_the_spec(data_dir):
+  plain = _take(iter(_train(data_dir, augment=False)), 2)
+  _assert_batches_equal(plain, _take(iter(_train(data_dir, augment=False, augment_spec=SPEC)), 2))
+  with pytest.raises(ValueError, match="unknown op 'zoom'"):
+    _train(data_dir, augment_spec={"ops": "zoom"})
+
+
+def _local_ids_by_image(data_dir, process_index, process_count):
+  """{hash of the unaugmented image: global example index} for one process's slice."""
+  source = grain.sources.ArrayRecordDataSource(dataset_info.split_paths(data_dir, "train"))
+  num_labels = dataset_info.read_dataset_info(data_dir)["num_labels"]
+  out = {}
+  for i in pipeline.process_slice_indices(len(source), process_index, process_count):
+    image = pipeline.decode_example(source[int(i)], num_labels=num_labels,
+                                    image_size=IMAGE_SIZE)["image"]
+    out[hashlib.md5(image.tobytes()).hexdigest()] = int(i)
+  return out
+
+
+def test_read_split_labels_is_the_slice_labels_in_csr(data_dir):
+  source = grain.sources.ArrayRecordDataSource(dataset_info.split_paths(data_dir, "train"))
+  offsets, indices = pipeline.read_split_labels(data_dir, "train", process_index=1,
+                                                process_count=3, num_threads=1)
+  expected = [records.decode_record(source[int(i)])["labels"]
+              for i in pipeline.process_slice_indices(len(source), 1, 3)]
+  assert len(offsets) == len(expected) + 1
+  for k, labels in enumerate(expected):
+    np.testing.assert_array_equal(indices[offsets[k]:offsets[k + 1]], labels)
+
+
+def test_repeat_factor_sampling_oversamples_rare_tags_per_process(data_dir):
+  threshold = 0.3
+  for process_index in range(2):
+    ids = _local_ids_by_image(data_dir, process_index, 2)
+    iterator = iter(_train(data_dir, augment=False, repeat_factor_threshold=threshold,
+                           global_batch_size=16, process_index=process_index, process_count=2))
+    seen = [ids[hashlib.md5(image.tobytes()).hexdigest()]  # KeyError: not this process's
+            for batch in _take(iterator, 40) for image in batch["image"]]
+    offsets, indices = pipeline.read_split_labels(data_dir, process_index=process_index,
+                                                  process_count=2)
+    factors = balance.repeat_factors(offsets, indices, threshold=threshold)
+    assert factors.min() < 1.6 and factors.max() > 2.5
+    counts = np.bincount([sorted(ids.values()).index(i) for i in seen], minlength=len(ids))
+    assert set(np.flatnonzero(counts)) == set(range(len(ids)))  # everyone is still sampled
+    rate = counts / counts.sum() * factors.sum()  # ~ factors (~4.5 sampling epochs seen)
+    assert np.mean(np.abs(rate - factors) / factors) < 0.25
+    assert rate[factors > 2.5].mean() > 1.5 * rate[factors < 2].mean()
+
+
+def test_repeat_factor_iterator_resumes_exactly(data_dir):
+  kwargs = dict(repeat_factor_threshold=0.3, augment_spec=SPEC, image_size=16)
+  iterator = iter(_train(data_dir, **kwargs))
+  _take(iterator, 5)
+  state = iterator.get_state()
+  expected = _take(iterator, 12)  # crosses at least one sampling epoch (>= 64 examples each)
+  resumed = iter(_train(data_dir, **kwargs))
+  resumed.set_state(state)
+  _assert_batches_equal(expected, _take(resumed, 12))
+  normalized = _take(iter(_train(data_dir, repeat_factor_normalize=True, **kwargs)), 2)
+  assert normalized[0]["image"].shape == (8, 16, 16, 3)

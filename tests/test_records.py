@@ -159,3 +159,14 @@ def test_dataset_info_validation_names_key(tmp_path):
     dataset_info.read_dataset_info(tmp_path)
   with pytest.raises(FileNotFoundError, match="dataset.json"):
     dataset_info.read_dataset_info(tmp_path / "nowhere")
+
+
+def test_fast_decode_is_close_and_opt_in():
+  y, x = np.mgrid[0:64, 0:64]
+  pixels = np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8)  # smooth, like photos
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+  exact, fast = records.decode_image(buf.getvalue()), records.decode_image(buf.getvalue(), fast=True)
+  assert exact.shape == fast.shape == (64, 64, 3)
+  assert np.abs(exact.astype(int) - fast.astype(int)).mean() < 2
+  assert not np.array_equal(exact, fast)  # the default really is the other (exact) decode

@@ -210,3 +210,24 @@ def test_resuming_with_a_different_model_names_the_checkpoint(tiny_data, tmp_pat
   train_and_evaluate(tiny_config(tiny_data, total_steps=3), str(tmp_path / "run"))
   with pytest.raises(ValueError, match=r"checkpoints/3 does not match this config"):
     train_and_evaluate(tiny_config(tiny_data, **{"model.name": "nano"}), str(tmp_path / "run"))
+
+
+def test_bad_augment_op_is_named(tiny_data):
+  c = tiny_config(tiny_data)
+  c.data.augment_spec.ops = "flip,zoom"
+  with pytest.raises(config_check.ConfigError, match=r"config.data.augment_spec: .*zoom"):
+    config_check.validate(c)
+
+
+def test_recipe_options_train_end_to_end(tiny_data, tmp_path):
+  """MixUp + CutMix, rare-tag loss weights, repeat-factor over-sampling and the letterbox/rrc/
+  rotate/cutout augmentation all run through the real loop."""
+  c = tiny_config(tiny_data, total_steps=2, eval_every_steps=0)
+  c.mix.mixup_alpha, c.mix.cutmix_alpha = 0.2, 1.0
+  c.loss_weights.method = "inverse_sqrt"
+  c.data.repeat_factor_threshold = 0.3
+  c.data.augment_spec.ops = "letterbox,rrc,flip,rotate,cutout"
+  result = train_and_evaluate(c, str(tmp_path / "run"))
+  assert result["step"] == 2 and 0.0 <= result["micro_f1"] <= 1.0
+  losses_logged = [json.loads(l)["train/loss"] for l in open(tmp_path / "run" / "metrics.jsonl") if "train/loss" in l]
+  assert losses_logged and all(np.isfinite(losses_logged))

@@ -129,17 +129,21 @@ def decode_record(raw: bytes) -> dict[str, Any]:
   }
 
 
-def decode_image(raw_bytes: bytes) -> np.ndarray:
+def decode_image(raw_bytes: bytes, *, fast: bool = False) -> np.ndarray:
   """Decodes JPEG/PNG/WebP/... bytes to a uint8 RGB array of shape [H, W, 3].
 
   JPEG (nearly all booru images) goes through simplejpeg (libjpeg-turbo, releases the GIL), which
   is several times faster than PIL. Everything else, and JPEGs simplejpeg rejects (e.g. CMYK),
   goes through PIL. Transparent images are composited onto white, the convention of WD-tagger
   preprocessing, rather than letting alpha=0 pixels turn into arbitrary colours.
+
+  fast=True uses libjpeg-turbo's faster, slightly less exact IDCT and chroma upsampling for JPEGs
+  (~10% faster; pixel values differ by a few levels). Only for augmented training input: the
+  default is the exact decode that evaluation and inference use.
   """
   if raw_bytes[:3] == _JPEG_MAGIC:
     try:
-      return simplejpeg.decode_jpeg(raw_bytes, colorspace="RGB")
+      return simplejpeg.decode_jpeg(raw_bytes, colorspace="RGB", fastdct=fast, fastupsample=fast)
     except ValueError:
       pass  # Fall through to PIL, which handles more JPEG variants.
   try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sw_zoo.data.augment import parse_spec as parse_augment_spec
+from sw_zoo.data.balance import LOSS_WEIGHT_METHODS
 from sw_zoo.train.losses import LOSSES
 from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
 from sw_zoo.train.writer import WANDB_MODES
@@ -64,6 +66,18 @@ def validate(config: Any) -> None:
   check("model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}")
   check("model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)")
   check("loss", lambda v: v in LOSSES, f"one of {sorted(LOSSES)}")
+  check("loss_weights.method", lambda v: v in LOSS_WEIGHT_METHODS, f"one of {LOSS_WEIGHT_METHODS}")
+  check("loss_weights.clip", lambda v: v == 0 or v >= 1, "0 (unbounded) or a number >= 1")
+  check("mix.mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 disables MixUp)")
+  check("mix.cutmix_alpha", lambda v: v >= 0, "a number >= 0 (0 disables CutMix)")
+  check("mix.switch_prob", lambda v: 0 <= v <= 1, "a probability")
+  check("mix.prob", lambda v: 0 <= v <= 1, "a probability")
+  check("data.repeat_factor_threshold", lambda v: v >= 0, "a tag frequency >= 0 (0 disables over-sampling)")
+  if "data" in config and "augment_spec" in config.data:
+    try:
+      parse_augment_spec(config.data.augment_spec.to_dict())
+    except (ValueError, KeyError, TypeError) as e:
+      problems.append(f"config.data.augment_spec: {e}")
   check("optim.name", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}")
   check("optim.schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}")
   check("optim.lr", lambda v: v > 0, "a number > 0")

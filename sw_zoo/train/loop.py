@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sw_zoo import metrics, sharding
-from sw_zoo.data import dataset_info, pipeline, vocab
+from sw_zoo.data import balance, dataset_info, mixing, pipeline, vocab
 from sw_zoo.models import create_model
 from sw_zoo.train import config_check, losses, optimizer, steps
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
@@ -115,7 +115,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   train_ds = pipeline.make_train_dataset(
       data_dir, split="train", global_batch_size=config.batch_size, image_size=image_size,
       seed=config.seed, process_index=jax.process_index(), process_count=n_proc,
-      augment=config.data.augment, num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch)
+      augment=config.data.augment, augment_spec=config.data.augment_spec.to_dict(),
+      repeat_factor_threshold=config.data.repeat_factor_threshold or None,
+      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch)
   train_iter = iter(train_ds)
   ckpt = Checkpointer(workdir, every_steps=config.checkpoint.every_steps,
                       max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
@@ -130,8 +132,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   # ---- Compiled steps ------------------------------------------------------------------------
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
+  mix_fn = None
+  if config.mix.mixup_alpha or config.mix.cutmix_alpha:
+    mix_fn = functools.partial(mixing.mix_batch, mixup_alpha=config.mix.mixup_alpha,
+                               cutmix_alpha=config.mix.cutmix_alpha, switch_prob=config.mix.switch_prob,
+                               prob=config.mix.prob)
+  tag_weights = None
+  if config.loss_weights.method != "none":
+    tag_weights = jnp.asarray(balance.tag_loss_weights(
+        tags.counts, num_train, method=config.loss_weights.method, beta=config.loss_weights.beta,
+        clip=config.loss_weights.clip or None))
   train_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx, loss_fn=losses.LOSSES[config.loss], schedule=schedule),
+      functools.partial(steps.train_step, model=model, tx=tx, loss_fn=losses.LOSSES[config.loss], schedule=schedule,
+                        mix_fn=mix_fn, tag_weights=tag_weights),
       in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, repl), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, threshold=config.eval.threshold),
                     in_shardings=(state_shardings.params, batch_sh), out_shardings=repl)

@@ -26,14 +26,20 @@ def init_state(model: Any, tx: optax.GradientTransformation, *, image_size: int,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: optax.GradientTransformation,
-               loss_fn: Callable, schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_fn: Callable, schedule: optax.Schedule, mix_fn: Callable | None = None,
+               tag_weights: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update. `mix_fn(images, labels, key)` (MixUp/CutMix) runs on device, on the
+  global batch; `tag_weights` [T] rescales each tag's loss."""
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  rngs = dict(zip(RNG_STREAMS, jax.random.split(step_key, len(RNG_STREAMS))))
-  images = batch["image"].astype(jnp.float32)
+  mix_key, *stream_keys = jax.random.split(step_key, len(RNG_STREAMS) + 1)
+  rngs = dict(zip(RNG_STREAMS, stream_keys))
+  images, labels = batch["image"].astype(jnp.float32), batch["labels"]
+  if mix_fn is not None:
+    images, labels = mix_fn(images, labels, mix_key)
 
   def loss_of(params):
     logits = model.apply({"params": params}, images, train=True, rngs=rngs)
-    return loss_fn(logits, batch["labels"]).mean()
+    return loss_fn(logits, labels, tag_weights).mean()
 
   loss, grads = jax.value_and_grad(loss_of)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
