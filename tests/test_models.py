@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sw_zoo import cli
 from sw_zoo.models import ACTIVATIONS, VARIANTS, NFNetConfig, create_model, list_models, model_config
 from sw_zoo.models import model_info, partitioning
+from sw_zoo.models.conv_cpu import conv2d_gemm
 from sw_zoo.models.layers import (ECA, DropPath, StdConv, conv2d, eca_kernel_size, get_padding, get_same_padding,
                                   standardize_weight)
 from sw_zoo.sharding import make_mesh
@@ -93,6 +94,58 @@ def test_einsum_grouped_conv_matches_native(size, cin, cout, groups, stride, sam
 
   for a, b in zip(jax.jit(fwd_and_grads, static_argnums=0)("einsum"),
                   jax.jit(fwd_and_grads, static_argnums=0)("native")):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k,cin,cout,groups,stride,same", [
+    (3, 16, 16, 2, 1, False),   # grouped, stride 1
+    (3, 16, 24, 2, 2, False),   # grouped, stride 2, Cout/G != Cin/G
+    (3, 16, 16, 2, 2, True),    # TF SAME, uneven (low, high) padding on both (different) dims
+    (3, 8, 8, 1, 2, True),      # dense 3x3 through the GEMM path
+    (1, 24, 8, 1, 1, False),    # 1x1 == a dot (narrow output: dW^T branch)
+    (1, 8, 24, 1, 1, False),    # 1x1, wide output (dW branch)
+    (1, 16, 16, 4, 2, False),   # grouped strided 1x1
+    (5, 8, 12, 2, 2, True),
+])
+def test_conv2d_gemm_matches_native(k, cin, cout, groups, stride, same):
+  """conv_cpu.conv2d_gemm (custom VJP) == lax.conv_general_dilated: outputs and both grads."""
+  h, w_ = 10, 9                 # even and odd sizes: SAME pads them differently for stride 2
+  x = _normal(1, (2, h, w_, cin))
+  w = _normal(2, (k, k, cin // groups, cout), 1 / math.sqrt(k * k * cin // groups))
+  if same:
+    pad = (get_same_padding(h, k, stride), get_same_padding(w_, k, stride))
+  else:
+    p = get_padding(k, stride)
+    pad = ((p, p), (p, p))
+  native = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  gemm = lambda x, w: conv2d_gemm(x, w, stride, pad, groups)
+
+  def fwd_and_grads(f):
+    y = f(x, w)
+    ct = _normal(3, y.shape)
+    return (y,) + jax.grad(lambda x, w: jnp.vdot(f(x, w), ct), argnums=(0, 1))(x, w)
+
+  for a, b in zip(jax.jit(fwd_and_grads, static_argnums=0)(gemm), jax.jit(fwd_and_grads, static_argnums=0)(native)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_standardize_weight_grads_match_reductions():
+  """The matvec form of standardize_weight has the gradients of the plain mean/var form."""
+  kernel = _normal(4, (3, 3, 8, 16))
+  gain = 1.0 + 0.1 * _normal(5, (16,))
+
+  def reference(kernel, gain):
+    mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+    var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
+    return (kernel - mean) * jax.lax.rsqrt(var + 1e-5) * (gain * (1.7 / math.sqrt(72)))
+
+  ct = _normal(6, kernel.shape)
+  ours = lambda k, g: standardize_weight(k, g, gamma=1.7, eps=1e-5)
+  np.testing.assert_allclose(ours(kernel, gain), reference(kernel, gain), atol=1e-6, rtol=1e-5)
+  grads = lambda f: jax.grad(lambda k, g: jnp.vdot(f(k, g), ct), argnums=(0, 1))(kernel, gain)
+  for a, b in zip(grads(ours), grads(reference)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from sw_zoo.models.conv_cpu import conv2d_gemm
+
 Dtype = Any
 
 # PyTorch's kaiming_normal_(mode='fan_in', nonlinearity='linear'), as timm initialises convs.
@@ -140,40 +142,26 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int | tuple[tupl
 
   ``padding``: an int (the same on every side) or ((top, bottom), (left, right)).
 
-  ``impl='einsum'`` gives the same result as ``'native'`` for grouped convs, computed as
-  k*k strided slices of the padded input, laid out as per-group patches [B, Ho, Wo, G, k*k*Cin/G]
-  and contracted with one batched matmul over groups. Fwd+bwd on 2 CPU cores (group sizes
-  16-64, 14-32 px, batch 32-64) it measured 4-11x faster than the native grouped conv and
-  0.95-2x the speed of summing k*k per-tap einsums. Dense (groups == 1) convs always use the
-  native op, which XLA:CPU handles well.
+  ``impl='einsum'`` gives the same result as ``'native'`` (to float rounding) for grouped convs
+  and 1x1 convs, computed by ``conv_cpu.conv2d_gemm``: im2col patches laid out group-major
+  [G, B*Ho*Wo, k*k*Cin/G] contracted with one (batched) GEMM, with a hand-written backward
+  (two GEMMs + col2im) instead of autodiff of pad/slice. On XLA:CPU (2 cores, eca_nfnet_l0 at
+  batch 16 / 224 px) the native grouped conv's backward is 7-25x its forward and the native
+  1x1 conv's backward 4-6x, while the GEMM forms stay near the expected 2x. Dense k x k convs
+  (the stem, NF-ResNet) keep the native op under both impls: their XLA:CPU backward is already
+  about 3x the forward and im2col variants measured no faster.
   """
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
   (pt, pb), (pl, pr) = padding
-  if impl == "native" or groups == 1:
+  kh, kw, cin_g, cout = w.shape
+  if x.shape[-1] != cin_g * groups or cout % groups:
+    raise ValueError(f"conv2d: input channels {x.shape[-1]} / kernel {w.shape} do not fit groups={groups}")
+  if impl == "native" or (groups == 1 and kh > 1) or kh != kw:
     return jax.lax.conv_general_dilated(
         x, w, window_strides=(stride, stride), padding=((pt, pb), (pl, pr)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
-  kh, kw, cin_g, cout = w.shape
-  b, h, wd, cin = x.shape
-  if cin != cin_g * groups or cout % groups:
-    raise ValueError(f"conv2d: input channels {cin} / kernel {w.shape} do not fit groups={groups}")
-  ho = (h + pt + pb - kh) // stride + 1
-  wo = (wd + pl + pr - kw) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  # Group g owns input channels [g*Cin/G, (g+1)*Cin/G) and output channels
-  # [g*Cout/G, (g+1)*Cout/G) (XLA's feature_group_count layout), so reshapes expose groups.
-  taps = [
-      jax.lax.slice(xp, (0, dy, dx, 0),
-                    (b, dy + stride * (ho - 1) + 1, dx + stride * (wo - 1) + 1, cin),
-                    (1, stride, stride, 1)).reshape(b, ho, wo, groups, cin_g)
-      for dy in range(kh) for dx in range(kw)
-  ]
-  patches = jnp.stack(taps, axis=4).reshape(b, ho, wo, groups, kh * kw * cin_g)
-  wg = (w.reshape(kh * kw, cin_g, groups, cout // groups)
-        .transpose(2, 0, 1, 3).reshape(groups, kh * kw * cin_g, cout // groups))
-  out = jnp.einsum("bhwgk,gko->bhwgo", patches, wg)
-  return out.reshape(b, ho, wo, cout)
+  return conv2d_gemm(x, w, stride, ((pt, pb), (pl, pr)), groups)
 
 
 def standardize_weight(kernel: jax.Array, gain: jax.Array, *, gamma: float, eps: float) -> jax.Array:
@@ -183,11 +171,20 @@ def standardize_weight(kernel: jax.Array, gain: jax.Array, *, gamma: float, eps:
   ``F.batch_norm(training=True)`` does in timm. (DeepMind's Haiku version instead uses
   ``rsqrt(max(var * fan_in, 1e-4))``; the difference only shows for near-constant filters.)
   """
-  fan_in = math.prod(kernel.shape[:-1])
-  mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
-  var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
+  shape = kernel.shape
+  fan_in = math.prod(shape[:-1])
+  k2 = kernel.reshape(fan_in, shape[-1])
+  # The fan-in means are written as (1/fan_in) . K matvecs rather than reductions over the
+  # leading axes: XLA:CPU (YNNPACK fusions in jaxlib 0.10) runs those non-minor-axis reductions,
+  # and above all their backward, 5-7x slower (final_conv's [1536, 2304] kernel: 78 -> 16 ms
+  # fwd+bwd); a dot and its transpose are fast everywhere. HIGHEST keeps them exact f32 on
+  # TPU/GPU too. Variance is two-pass (centred), like jnp.var.
+  avg = jnp.full((fan_in,), 1.0 / fan_in, k2.dtype)
+  mean = jnp.dot(avg, k2, precision=jax.lax.Precision.HIGHEST)
+  centred = k2 - mean
+  var = jnp.dot(avg, centred * centred, precision=jax.lax.Precision.HIGHEST)
   scale = jax.lax.rsqrt(var + eps) * (gain * (gamma / math.sqrt(fan_in)))
-  return (kernel - mean) * scale
+  return (centred * scale).reshape(shape)
 
 
 class StdConv(nn.Module):
