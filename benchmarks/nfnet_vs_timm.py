@@ -7,6 +7,9 @@ Baseline: timm's eca_nfnet_l0 in PyTorch (train: SGD step on summed BCE; inferen
 forward), with as many threads as cores. Ours: the same step jitted in JAX, with the grouped-conv
 implementation picked per backend (conv_impl='auto'), or forced with --conv-impl. Prints
 images/s for both and the ratio ours / timm; on a GPU also achieved TFLOP/s and MFU.
+
+The two frameworks are timed in alternating rounds inside one process (median over rounds), so a
+load change on a shared machine hits both sides alike instead of skewing the ratio.
 """
 from __future__ import annotations
 
@@ -21,16 +24,23 @@ import numpy as np
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def _time(fn, steps: int, warmup: int) -> float:
-  """Seconds per call, median over `steps` after `warmup` calls (first calls compile / autotune)."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+def _once(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def time_interleaved(fns: dict, rounds: int, warmup: int) -> dict[str, float]:
+  """Median seconds per call of each fn, calling them in turn every round (first calls compile
+  or autotune and are not timed)."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  samples = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      samples[name].append(_once(fn))
+  return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def bench_jax(args, images_u8, labels):
@@ -64,8 +74,7 @@ def bench_jax(args, images_u8, labels):
     state["p"], state["o"], loss = train_step(state["p"], state["o"], x, y)
     loss.block_until_ready()
 
-  train_s = _time(train_once, args.steps, args.warmup)
-  infer_s = _time(lambda: infer(state["p"], x).block_until_ready(), args.steps, args.warmup)
+  infer_once = lambda: infer(state["p"], x).block_until_ready()
   flops = None
   try:
     cost = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(state["p"], x.astype(jnp.float32)).compile().cost_analysis()
@@ -73,7 +82,7 @@ def bench_jax(args, images_u8, labels):
     flops = float(cost.get("flops", 0.0)) or None
   except Exception:  # cost analysis is best effort; some backends do not report it
     pass
-  return train_s, infer_s, flops, jax.devices()[0]
+  return train_once, infer_once, flops, jax.devices()[0]
 
 
 def bench_torch(args, images_u8, labels):
@@ -102,17 +111,17 @@ def bench_torch(args, images_u8, labels):
     opt.step()
     sync()
 
-  model.train()
-  train_s = _time(train_once, args.steps, args.warmup)
-  model.eval()
+  def train_mode_once():
+    model.train()
+    train_once()
 
   def infer_once():
+    model.eval()
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
       torch.sigmoid(model(x))
     sync()
 
-  infer_s = _time(infer_once, args.steps, args.warmup)
-  return train_s, infer_s
+  return train_mode_once, infer_once
 
 
 def main():
@@ -120,7 +129,7 @@ def main():
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--res", type=int, default=224)
   p.add_argument("--num-classes", type=int, default=1000)
-  p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+  p.add_argument("--steps", type=int, default=5, help="timed alternating rounds (median reported)")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="JAX compute dtype; bfloat16 also turns on torch AMP on CUDA")
@@ -136,24 +145,28 @@ def main():
   images = rng.integers(0, 256, (args.batch, args.res, args.res, 3), dtype=np.uint8)
   labels = (rng.random((args.batch, args.num_classes)) < 0.02).astype(np.float32)
 
-  j_train, j_infer, flops, device = bench_jax(args, images, labels)
+  fns = {}
+  fns["ours_train"], fns["ours_infer"], flops, device = bench_jax(args, images, labels)
+  if not args.skip_torch:
+    fns["timm_train"], fns["timm_infer"] = bench_torch(args, images, labels)
+  t = time_interleaved(fns, args.steps, args.warmup)
   print(f"device: {device.device_kind} ({device.platform}); batch {args.batch} at {args.res} px, {args.dtype}, "
-        f"conv_impl={args.conv_impl}")
-  print(f"sw_zoo eca_nfnet_l0  train {args.batch / j_train:8.1f} img/s   infer {args.batch / j_infer:8.1f} img/s")
+        f"conv_impl={args.conv_impl}; {args.steps} alternating rounds, median")
+  print(f"sw_zoo eca_nfnet_l0  train {args.batch / t['ours_train']:8.1f} img/s   infer {args.batch / t['ours_infer']:8.1f} img/s")
   if flops:
     # Training ~ 3x the forward FLOPs (forward + two backward matmuls per layer).
-    train_tflops = 3 * flops / j_train / 1e12
-    line = f"  forward {flops / args.batch / 1e9:.2f} GFLOP/img; achieved train {train_tflops:.2f} TFLOP/s"
+    train_tflops = 3 * flops / t["ours_train"] / 1e12
+    line = f"  forward {flops / args.batch / 1e9:.2f} GFLOP/img; achieved train {train_tflops:.3f} TFLOP/s"
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in device.device_kind), None)
     if peak and device.platform == "gpu":
       line += f", MFU {train_tflops / peak:.1%} of {peak:.0f} TFLOP/s bf16 peak"
     print(line)
   if args.skip_torch:
     return
-  t_train, t_infer = bench_torch(args, images, labels)
-  print(f"timm   eca_nfnet_l0  train {args.batch / t_train:8.1f} img/s   infer {args.batch / t_infer:8.1f} img/s "
+  print(f"timm   eca_nfnet_l0  train {args.batch / t['timm_train']:8.1f} img/s   infer {args.batch / t['timm_infer']:8.1f} img/s "
         f"(torch, {args.torch_device})")
-  print(f"ratio sw_zoo / timm: train {t_train / j_train:.2f}x   infer {t_infer / j_infer:.2f}x   (baseline: timm)")
+  print(f"ratio sw_zoo / timm: train {t['timm_train'] / t['ours_train']:.2f}x   "
+        f"infer {t['timm_infer'] / t['ours_infer']:.2f}x   (baseline: timm)")
 
 
 if __name__ == "__main__":
