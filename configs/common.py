@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # Device mesh: ('data', n) x ('fsdp', m); -1 takes all remaining devices.
   c.mesh = [("data", -1), ("fsdp", 1)]
+  # Params, optimizer state and EMA: "replicated" (data parallel) or "fsdp" (split over the
+  # 'fsdp' mesh axis by the models' logical-axis rules; gathered per layer on use).
+  c.param_sharding = "replicated"
   c.batch_size = 1024  # global, across all hosts and devices
   # Duration: total_steps when > 0, else total_epochs over the train split.
   c.total_steps = 0
@@ -69,7 +72,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"  # compute dtype; params stay float32
   c.model.drop_path_rate = 0.1
 
-  c.loss = "bce"
+  # Multi-label loss, summed over tags (sw_zoo/train/losses.py): bce | asl | focal.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "bce"
+  c.loss.label_smoothing = 0.0  # each target moves this/2 towards 0.5
+  c.loss.asl_gamma_neg = 4.0  # ASL focusing on negatives (Ridnik et al. defaults)
+  c.loss.asl_gamma_pos = 0.0
+  c.loss.asl_clip = 0.05  # ASL probability margin: negatives below it cost nothing
+  c.loss.focal_gamma = 2.0
+  c.loss.focal_alpha = -1.0  # < 0: no alpha balancing
   # Per-tag loss weights from training tag counts (sw_zoo/data/balance.py):
   # none | inverse_sqrt | inverse | effective_num; clip bounds max/min weight (0: unbounded).
   c.loss_weights = ml_collections.ConfigDict()
@@ -85,25 +96,44 @@ def base_config() -> ml_collections.ConfigDict:
   c.mix.prob = 1.0  # probability that an example is mixed at all
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "sgd"  # sgd | adamw
+  c.optim.name = "sgd"  # sgd | adamw | lamb
   c.optim.lr = 0.1  # peak learning rate
-  c.optim.schedule = "cosine"  # cosine | constant
+  c.optim.schedule = "cosine"  # cosine (warmup + cosine) | onecycle | constant (after warmup)
   c.optim.warmup_epochs = 1.0
   c.optim.warmup_steps = 0  # overrides warmup_epochs when > 0
-  c.optim.momentum = 0.9
-  c.optim.nesterov = True
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.weight_decay = 5e-5
+  c.optim.onecycle_pct_start = 0.3  # onecycle: fraction of the run spent rising to lr
+  c.optim.onecycle_div_factor = 25.0  # onecycle: starts at lr / this
+  c.optim.onecycle_final_div_factor = 1e4  # onecycle: ends at start / this
+  c.optim.momentum = 0.9  # sgd
+  c.optim.nesterov = True  # sgd
+  c.optim.b1 = 0.9  # adamw / lamb
+  c.optim.b2 = 0.999  # adamw / lamb
+  c.optim.eps = 1e-6  # adamw / lamb
+  c.optim.weight_decay = 5e-5  # on kernels only (ndim > 1); never gains, biases, skip gains
+  c.optim.wd_exclude = ""  # regex over param paths ('stages_1_0/conv2/kernel') also spared decay
   c.optim.agc_clip = 0.01  # adaptive gradient clipping threshold; 0 disables
+  c.optim.agc_exclude = r"^head/"  # regex over param paths that AGC leaves alone (NFNet: the head)
+  c.optim.grad_accum_steps = 1  # micro-batches per update; batch_size stays the global batch
+  c.optim.ema_decay = 0.0  # EMA of weights (e.g. 0.9999); 0 disables. Eval/export use the EMA
+  c.optim.ema_warmup = True  # decay ramps up as (1 + t) / (10 + t) until it reaches ema_decay
+  c.optim.skip_nonfinite = True  # a NaN/Inf loss or gradient skips the update (counted)
+
+  # Where the initial weights come from (finetune / transfer); empty: random init.
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""  # a run's workdir or checkpoints dir (latest step), or .../checkpoints/N
+  c.init.use_ema = True  # take the source's EMA weights when it has them
+  c.init.new_head = False  # re-initialise the head (a different tag set); automatic on shape mismatch
+  c.init.freeze = ""  # regex over param paths kept frozen, e.g. "^(stem|stages_[01]_\d+)/" (stages_<stage>_<block>)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.threshold = 0.4  # score threshold for the F1 logged during training
   c.eval.batch_size = 0  # global; 0: same as batch_size
+  c.eval.num_sample_predictions = 8  # validation images logged to W&B with their predicted tags
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
-  c.checkpoint.max_to_keep = 3
+  c.checkpoint.max_to_keep = 3  # the latest N are kept ...
+  c.checkpoint.keep_best = 1  # ... plus the best N by validation micro-F1 (0: none)
   c.checkpoint.async_save = True
 
   c.wandb = ml_collections.ConfigDict()
@@ -113,4 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb.name = ""  # default: the workdir's name
   c.wandb.group = ""
   c.wandb.tags = ()
+  # For MFU: peak FLOP/s of one device. 0: looked up from the device kind (TPU v4/v5e/v5p/v6e,
+  # A100, H100, H200); unknown kinds (CPUs) log TFLOP/s but no MFU.
+  c.peak_flops_per_device = 0.0
   return c

@@ -5,7 +5,7 @@
 #   bash launch/local.sh configs/demo.py
 #   bash launch/local.sh configs/demo.py:quick --workdir /tmp/q --config.optim.lr=0.003
 #
-# The workdir defaults to runs/<config name>. Ctrl-C (or SIGTERM) saves a checkpoint and stops;
+# The workdir defaults to runs/<config name>[_<config args>]. Ctrl-C (or SIGTERM) saves a checkpoint and stops;
 # running the same command again resumes from it.
 set -euo pipefail
 if [ $# -lt 1 ] || [[ "$1" == -h || "$1" == --help ]]; then
@@ -14,7 +14,9 @@ if [ $# -lt 1 ] || [[ "$1" == -h || "$1" == --help ]]; then
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 config=$1; shift
+# runs/<config>[_<args>]: a finetune or transfer flavour never resumes its source run's workdir.
 name=$(basename "${config%%:*}" .py)
+[[ "$config" == *:* ]] && name="${name}_$(printf '%s' "${config#*:}" | tr -c 'A-Za-z0-9=.-' '_' | tr '=' '-')"
 workdir="runs/$name"
 args=()
 while [ $# -gt 0 ]; do

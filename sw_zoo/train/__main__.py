@@ -1,10 +1,19 @@
 """Entry point: python -m sw_zoo.train --config configs/demo.py --workdir runs/demo [--config.x.y=v]
 
-Multi-host (TPU pod): every worker runs the same command; `--multihost` (or the TPU environment
-being detected by JAX) calls jax.distributed.initialize() before anything touches devices.
+Multi-host: every process runs the same command with `--multihost`, which calls
+jax.distributed.initialize() before anything touches devices. On a TPU pod (or under Slurm /
+Open MPI) JAX finds the coordinator, process count and process id itself; elsewhere (several
+processes on one machine, plain VMs) pass them:
+
+  python -m sw_zoo.train ... --multihost --coordinator_address=10.0.0.1:1234 \
+      --num_processes=2 --process_id=0     # and --process_id=1 on the other
+
+or set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. On CPU the processes
+exchange collectives over gloo (TCP).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -14,10 +23,37 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, eval_summary.json. "
                                "Rerunning with the same workdir resumes.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU, "
+                               "several CPU processes).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator service (default: "
+    "$JAX_COORDINATOR_ADDRESS, else detected by JAX on TPU / Slurm / Open MPI). Implies --multihost.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (default: $JAX_NUM_PROCESSES, else detected). Implies --multihost.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0 .. num_processes - 1 (default: $JAX_PROCESS_ID, else "
+    "detected). Implies --multihost.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_INTERRUPTED = 130
+
+
+def distributed_args() -> dict[str, object] | None:
+  """jax.distributed.initialize() keyword arguments from the flags and the environment, or None
+  for a single-process run. Unset values are left to JAX's cluster auto-detection."""
+  def pick(flag, env: str, kind):
+    if flag.value is not None:
+      return flag.value
+    value = os.environ.get(env)
+    return kind(value) if value not in (None, "") else None
+
+  args = {"coordinator_address": pick(_COORDINATOR, "JAX_COORDINATOR_ADDRESS", str),
+          "num_processes": pick(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int),
+          "process_id": pick(_PROCESS_ID, "JAX_PROCESS_ID", int)}
+  explicit = any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID))
+  if not (_MULTIHOST.value or explicit):
+    return None
+  return {k: v for k, v in args.items() if v is not None}
 
 
 def main(argv):
@@ -29,8 +65,12 @@ def main(argv):
     # Orbax and grain log every save at INFO; the loop prints what a user needs.
     logging.set_verbosity(logging.WARNING)
 
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
+  dist = distributed_args()
+  if dist is not None:
+    # Gloo is this JAX's default for CPU collectives, but an older default (none) would make a
+    # multi-process CPU run fail at its first collective; set it explicitly. TPU/GPU ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**dist)
   from sw_zoo.train.loop import train_and_evaluate
 
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -3,9 +3,15 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a write torn
 by a crash is never picked up as "latest". The state is saved asynchronously (the loop keeps
 training while arrays are written); the iterator state is a small JSON per process.
+
+Multi-host: every process calls save and restore with the same step; each writes its own array
+shards and its own iterator state (process_<i>-of-<n>.json), and Orbax commits the step once all
+are done, so the directory must be one all processes see (GCS, NFS, or one machine's disk). A run
+resumes with the process count it was saved with (each process's data iterator is restored).
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -14,31 +20,66 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class _SkipUnrankedSaveWarning(logging.Filter):
+  """Periodic saves carry no metrics by design (only evaluated steps are ranked for keep-best);
+  Orbax warns about each of them, which would bury the training log."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+_UNRANKED_FILTER = _SkipUnrankedSaveWarning()
+
+
 class Checkpointer:
-  def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int, async_save: bool = True):
+  def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int, async_save: bool = True,
+               keep_best: int = 0, best_metric: str = "micro_f1"):
+    """Keeps the latest `max_to_keep` steps plus the `keep_best` steps with the highest
+    `best_metric` among those saved with metrics (see `save`)."""
     self.every_steps = every_steps
+    self.best_metric = best_metric
+    if keep_best:
+      logging.getLogger("absl").addFilter(_UNRANKED_FILTER)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
-            save_interval_steps=every_steps, max_to_keep=max_to_keep,
-            enable_async_checkpointing=async_save, create=True),
+            save_interval_steps=every_steps, enable_async_checkpointing=async_save, create=True,
+            preservation_policy=_preservation(max_to_keep, keep_best, best_metric),
+            # Orbax writes a step's metrics to disk only when best_fn is set; they must be on disk
+            # for keep-best to survive a restart.
+            best_fn=(lambda metrics: metrics[best_metric]) if keep_best else None, best_mode="max"),
     )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, data_iterator: Any, *, metrics: dict[str, float] | None = None,
+           force: bool = False) -> bool:
     """Saves when `step` is a multiple of the interval (or `force`); returns whether a save
-    started. (Orbax alone would also save the first step it sees, e.g. step 1.)"""
+    started. (Orbax alone would also save the first step it sees, e.g. step 1.) `metrics`
+    (validation scores at this step) rank the checkpoint for keep-best."""
     if not force and step % self.every_steps:
+      return False
+    if step in self.manager.all_steps():
+      # Already saved: a stop agreed right after a periodic save asks again for the same step,
+      # which Orbax would refuse with StepAlreadyExistsError.
       return False
     return self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 data=grain.checkpoint.CheckpointSave(data_iterator)),
-        force=True)
+        metrics=dict(metrics) if metrics else None, force=True)
+
+  def best_step(self) -> int | None:
+    """The kept step with the highest `best_metric` (None when no kept checkpoint has one)."""
+    scored = []
+    for step in self.manager.all_steps():
+      metrics = self.manager.metrics(step)
+      if metrics and self.best_metric in metrics:
+        scored.append((float(metrics[self.best_metric]), step))
+    return max(scored)[1] if scored else None
 
   def restore(self, abstract_state: Any, data_iterator: Any, step: int | None = None) -> tuple[int, Any] | None:
     """Restores (step, state) into `abstract_state`'s shapes and shardings and moves
@@ -59,12 +100,19 @@ class Checkpointer:
     return step, restored["state"]
 
   def restore_arrays(self, step: int | None = None) -> Any:
-    """The saved train state as a tree of host arrays, without the data iterator: for tools
-    (eval, export) that read a checkpoint without resuming training."""
+    """The saved train state as a tree of host (numpy) arrays, without the data iterator: for
+    tools (eval, export, tests) that read a checkpoint without resuming training.
+
+    Works whatever topology wrote it (a pod's checkpoint on a laptop): arrays are read onto one
+    local device, since restoring with the saved shardings needs the saving run's devices."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = self.manager.item_metadata(step)["state"].tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return jax.device_get(restored["state"])
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -77,3 +125,12 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings, so Orbax restores each array straight
   onto its devices (no host-side full copy on a pod)."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _preservation(max_to_keep: int, keep_best: int, metric: str):
+  policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+  if keep_best:
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda metrics: metrics[metric], reverse=False, n=keep_best,
+        keep_checkpoints_without_metrics=False))
+  return ocp.checkpoint_managers.AnyPreservationPolicy(policies)

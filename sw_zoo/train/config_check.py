@@ -2,11 +2,12 @@
 holds it, before any device time or dataset work is spent."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sw_zoo.data.augment import parse_spec as parse_augment_spec
 from sw_zoo.data.balance import LOSS_WEIGHT_METHODS
-from sw_zoo.train.losses import LOSSES
+from sw_zoo.train.losses import LOSS_NAMES
 from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
 from sw_zoo.train.writer import WANDB_MODES
 
@@ -14,8 +15,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("eca", "se", "none")
 
 
+PARAM_SHARDINGS = ("replicated", "fsdp")
+
+
 class ConfigError(ValueError):
   pass
+
+
+def _is_regex(value) -> bool:
+  re.compile(value)  # re.error is a ValueError: reported as a bad value
+  return isinstance(value, str)
 
 
 def _get(config: Any, key: str):
@@ -65,7 +74,15 @@ def validate(config: Any) -> None:
   check("model.attn", lambda v: v in ATTENTION, f"one of {ATTENTION}")
   check("model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}")
   check("model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)")
-  check("loss", lambda v: v in LOSSES, f"one of {sorted(LOSSES)}")
+  check("loss.name", lambda v: v in LOSS_NAMES, f"one of {LOSS_NAMES}")
+  check("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
+  check("loss.asl_gamma_neg", lambda v: v >= 0, "a number >= 0")
+  check("loss.asl_gamma_pos", lambda v: v >= 0, "a number >= 0")
+  check("loss.asl_clip", lambda v: 0 <= v < 1, "a number in [0, 1)")
+  check("loss.focal_gamma", lambda v: v >= 0, "a number >= 0")
+  check("loss.focal_alpha", lambda v: v < 0 or 0 <= v <= 1, "a number in [0, 1], or < 0 for none")
+  check("param_sharding", lambda v: v in PARAM_SHARDINGS, f"one of {PARAM_SHARDINGS}")
+  check("peak_flops_per_device", lambda v: v >= 0, "a number >= 0 (0: look up the device kind)")
   check("loss_weights.method", lambda v: v in LOSS_WEIGHT_METHODS, f"one of {LOSS_WEIGHT_METHODS}")
   check("loss_weights.clip", lambda v: v == 0 or v >= 1, "0 (unbounded) or a number >= 1")
   check("mix.mixup_alpha", lambda v: v >= 0, "a number >= 0 (0 disables MixUp)")
@@ -86,6 +103,18 @@ def validate(config: Any) -> None:
   check("optim.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
   check("optim.weight_decay", lambda v: v >= 0, "a number >= 0")
   check("optim.agc_clip", lambda v: v >= 0, "a number >= 0 (0 disables AGC)")
+  check("optim.agc_exclude", _is_regex, "a regular expression over param paths")
+  check("optim.wd_exclude", _is_regex, "a regular expression over param paths")
+  check("optim.eps", lambda v: v > 0, "a number > 0")
+  check("optim.onecycle_pct_start", lambda v: 0 < v < 1, "a number in (0, 1)")
+  check("optim.onecycle_div_factor", lambda v: v >= 1, "a number >= 1")
+  check("optim.onecycle_final_div_factor", lambda v: v >= 1, "a number >= 1")
+  check("optim.grad_accum_steps", positive_int, "a positive int")
+  check("optim.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 disables the EMA)")
+  check("init.checkpoint", lambda v: isinstance(v, str), "a checkpoint path or ''")
+  check("init.freeze", _is_regex, "a regular expression over param paths, or ''")
+  check("checkpoint.keep_best", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+  check("eval.num_sample_predictions", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
   check("eval.threshold", lambda v: 0 < v < 1, "a number in (0, 1)")
   check("eval.batch_size", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: batch_size)")
   check("checkpoint.every_steps", positive_int, "a positive int")

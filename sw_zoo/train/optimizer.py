@@ -1,14 +1,20 @@
-"""Learning-rate schedules and optax chains built from `config.optim`."""
+"""Learning-rate schedules and optax chains built from `config.optim` (and `config.init.freeze`).
+
+Param selection is by regular expression over '/'-joined param paths such as
+'stages_2_0/conv2/kernel' (stage 2, block 0) or 'head/kernel' (see `param_paths`), so recipes can say
+"no AGC on the head" or "freeze everything but the head" without code.
+"""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
 import optax
 from flax import traverse_util
 
-SCHEDULES = ("cosine", "constant")
-OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "constant")
+OPTIMIZERS = ("sgd", "adamw", "lamb")
 
 
 def make_schedule(optim: Any, total_steps: int, warmup_steps: int) -> optax.Schedule:
@@ -16,6 +22,11 @@ def make_schedule(optim: Any, total_steps: int, warmup_steps: int) -> optax.Sche
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup_steps else optim.lr, peak_value=optim.lr,
         warmup_steps=warmup_steps, decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+  if optim.schedule == "onecycle":
+    # Warmup is part of the cycle (pct_start), so warmup_* settings do not apply.
+    return optax.cosine_onecycle_schedule(
+        transition_steps=max(total_steps, 1), peak_value=optim.lr, pct_start=optim.onecycle_pct_start,
+        div_factor=optim.onecycle_div_factor, final_div_factor=optim.onecycle_final_div_factor)
   if optim.schedule == "constant":
     return optax.join_schedules(
         [optax.linear_schedule(0.0, optim.lr, max(warmup_steps, 1)), optax.constant_schedule(optim.lr)],
@@ -23,37 +34,80 @@ def make_schedule(optim: Any, total_steps: int, warmup_steps: int) -> optax.Sche
   raise ValueError(f"config.optim.schedule: {optim.schedule!r} is not one of {SCHEDULES}")
 
 
+def param_paths(params: Any) -> dict[tuple[str, ...], str]:
+  return {path: "/".join(str(p) for p in path) for path in traverse_util.flatten_dict(params)}
+
+
 def _path_mask(params: Any, predicate) -> Any:
   flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({path: predicate(path, leaf) for path, leaf in flat.items()})
+  # Inside optax.masked / multi_transform, params outside the mask arrive as MaskedNode (an
+  # empty pytree): they stay as they are so the mask keeps the params' tree structure.
+  return traverse_util.unflatten_dict({
+      path: leaf if isinstance(leaf, optax.MaskedNode) else bool(predicate("/".join(map(str, path)), leaf))
+      for path, leaf in flat.items()})
 
 
-def decay_mask(params: Any) -> Any:
-  """Weight decay on conv/dense kernels only: never on gains, biases or the skip gain."""
-  return _path_mask(params, lambda path, leaf: leaf.ndim > 1)
+def _matches(pattern: str):
+  regex = re.compile(pattern) if pattern else None
+  return lambda path: bool(regex and regex.search(path))
 
 
-def agc_mask(params: Any) -> Any:
-  """AGC everywhere except the classifier head, as in the NFNet paper (clipping the final
-  linear layer hurts and is not needed for stability)."""
-  return _path_mask(params, lambda path, leaf: "head" not in path)
+def decay_mask_fn(exclude: str = ""):
+  """Weight decay on conv/dense kernels only (ndim > 1): never on gains, biases or the skip
+  gain; `exclude` (a regex) removes more."""
+  excluded = _matches(exclude)
+  return lambda params: _path_mask(params, lambda path, leaf: leaf.ndim > 1 and not excluded(path))
 
 
-def make_optimizer(optim: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """AGC (masked) followed by the chosen update rule. The masks are callables so optax applies
-  them to whatever param tree it is initialised with."""
+def agc_mask_fn(exclude: str):
+  """AGC everywhere except params matching `exclude`; the NFNet paper excludes the classifier
+  head (clipping the final linear layer hurts and is not needed for stability)."""
+  excluded = _matches(exclude)
+  return lambda params: _path_mask(params, lambda path, leaf: not excluded(path))
+
+
+def frozen_mask_fn(freeze: str):
+  frozen = _matches(freeze)
+  return lambda params: _path_mask(params, lambda path, leaf: frozen(path))
+
+
+def make_optimizer(optim: Any, schedule: optax.Schedule, *, freeze: str = "") -> optax.GradientTransformation:
+  """AGC (masked) followed by the chosen update rule; params matching `freeze` get zero updates
+  and no optimizer state. The masks are callables so optax applies them to whatever param tree
+  it is initialised with."""
   parts = []
   if optim.agc_clip > 0:
-    parts.append(optax.masked(optax.adaptive_grad_clip(optim.agc_clip, eps=1e-3), agc_mask))
+    parts.append(optax.masked(optax.adaptive_grad_clip(optim.agc_clip, eps=1e-3), agc_mask_fn(optim.agc_exclude)))
+  decay_mask = decay_mask_fn(optim.wd_exclude)
   if optim.name == "sgd":
     if optim.weight_decay > 0:
       parts.append(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask))
     parts.append(optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
   elif optim.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=decay_mask))
+    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
+                             mask=decay_mask))
+  elif optim.name == "lamb":
+    parts.append(optax.lamb(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
+                            mask=decay_mask))
   else:
     raise ValueError(f"config.optim.name: {optim.name!r} is not one of {OPTIMIZERS}")
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if freeze:
+    is_frozen = frozen_mask_fn(freeze)
+    tx = optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda f: "frozen" if f else "train", is_frozen(params)))
+  return tx
+
+
+def frozen_count(params: Any, freeze: str) -> tuple[int, int]:
+  """(frozen params, all params) as element counts: for the log line and for a clear error when
+  a freeze regex matches nothing or everything."""
+  mask = traverse_util.flatten_dict(frozen_mask_fn(freeze)(params)) if freeze else {}
+  flat = traverse_util.flatten_dict(params)
+  total = sum(int(v.size) for v in flat.values())
+  frozen = sum(int(flat[k].size) for k, m in mask.items() if m)
+  return frozen, total
 
 
 def learning_rate_at(schedule: optax.Schedule, step: int) -> float:

@@ -1,5 +1,5 @@
 """Pure train / eval step functions. The loop jits them with shardings; nothing here knows
-about devices, hosts or files."""
+about hosts or files (the only device fact is an optional sharding for micro-batches)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from sw_zoo import metrics
 from sw_zoo.train.state import TrainState
@@ -16,40 +17,110 @@ from sw_zoo.train.state import TrainState
 RNG_STREAMS = ("dropout", "drop_path")
 
 
-def init_state(model: Any, tx: optax.GradientTransformation, *, image_size: int, seed: int) -> TrainState:
+def init_state(model: Any, tx: optax.GradientTransformation, *, image_size: int, seed: int,
+               ema: bool = False, params_override: dict[tuple[str, ...], Any] | None = None) -> TrainState:
+  """A fresh state. `params_override` ({param path: array}, from a finetune / transfer source)
+  replaces those leaves of the random init; the rest (e.g. a new head) stay random."""
   key = jax.random.key(seed)
   init_key, state_key = jax.random.split(key)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = model.init({"params": init_key}, dummy, train=False)["params"]
+  if params_override:
+    flat = traverse_util.flatten_dict(params)
+    params = traverse_util.unflatten_dict({k: params_override.get(tuple(map(str, k)), v) for k, v in flat.items()})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.key_data(state_key))
+                    rng=jax.random.key_data(state_key),
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                    skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def ema_decay_at(decay: float, step: jax.Array, warmup: bool) -> jax.Array:
+  """With warmup the decay starts small and approaches `decay` as (1 + t) / (10 + t), so the
+  average is not dominated by the random init in short runs (TF's num_updates rule)."""
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx: optax.GradientTransformation,
                loss_fn: Callable, schedule: optax.Schedule, mix_fn: Callable | None = None,
-               tag_weights: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update. `mix_fn(images, labels, key)` (MixUp/CutMix) runs on device, on the
-  global batch; `tag_weights` [T] rescales each tag's loss."""
+               tag_weights: jax.Array | None = None, accum_steps: int = 1,
+               micro_batch_sharding: Any = None, ema_decay: float = 0.0, ema_warmup: bool = True,
+               skip_nonfinite: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update over the global batch.
+
+  `mix_fn(images, labels, key)` (MixUp/CutMix) runs on device on the whole batch; `tag_weights`
+  [T] rescales each tag's loss. With `accum_steps` k > 1 the batch is split into k micro-batches
+  whose gradients are averaged (a lax.scan, so activations of one micro-batch live at a time);
+  micro-batch j takes rows j, j + k, ..., which keeps each one spread over every device.
+  With `skip_nonfinite`, a step whose loss or gradients hold NaN/Inf leaves params, optimizer
+  state and EMA untouched and is counted in `skipped_steps`; the step counter still advances so
+  the data and the schedule move on.
+  """
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  mix_key, *stream_keys = jax.random.split(step_key, len(RNG_STREAMS) + 1)
-  rngs = dict(zip(RNG_STREAMS, stream_keys))
+  mix_key, micro_key = jax.random.split(step_key)
   images, labels = batch["image"].astype(jnp.float32), batch["labels"]
   if mix_fn is not None:
     images, labels = mix_fn(images, labels, mix_key)
 
-  def loss_of(params):
-    logits = model.apply({"params": params}, images, train=True, rngs=rngs)
-    return loss_fn(logits, labels, tag_weights).mean()
+  def loss_and_grad(params, images, labels, key):
+    rngs = dict(zip(RNG_STREAMS, jax.random.split(key, len(RNG_STREAMS))))
 
-  loss, grads = jax.value_and_grad(loss_of)(state.params)
+    def loss_of(p):
+      logits = model.apply({"params": p}, images, train=True, rngs=rngs)
+      return loss_fn(logits, labels, tag_weights).mean()
+    return jax.value_and_grad(loss_of)(params)
+
+  if accum_steps == 1:
+    loss, grads = loss_and_grad(state.params, images, labels, micro_key)
+  else:
+    def split(x):
+      x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+      return x if micro_batch_sharding is None else jax.lax.with_sharding_constraint(x, micro_batch_sharding)
+
+    def body(carry, micro):
+      loss_sum, grad_sum = carry
+      index, micro_images, micro_labels = micro
+      loss, grads = loss_and_grad(state.params, micro_images, micro_labels, jax.random.fold_in(micro_key, index))
+      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (loss, grads), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), split(images), split(labels)))
+    loss, grads = loss / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
+
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), stats
+  ema_params = state.ema_params
+  if ema_params is not None:
+    d = ema_decay_at(ema_decay, state.step, ema_warmup)
+    ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
+
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  skipped = state.skipped_steps
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    if ema_params is not None:
+      ema_params = keep(ema_params, state.ema_params)
+    skipped = skipped + (~finite).astype(jnp.int32)
+  stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+           "nonfinite": (~finite).astype(jnp.float32), "skipped_steps": skipped}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
+                       skipped_steps=skipped), stats
+
+
+def predict_probs(params: Any, images: jax.Array, *, model: Any) -> jax.Array:
+  logits = model.apply({"params": params}, images.astype(jnp.float32), train=False)
+  return jax.nn.sigmoid(logits.astype(jnp.float32))
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any, threshold: float) -> dict[str, jax.Array]:
   """Per-tag counts for one padded batch; summed over the global batch by the sharded reduction."""
-  logits = model.apply({"params": params}, batch["image"].astype(jnp.float32), train=False)
-  probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+  probs = predict_probs(params, batch["image"], model=model)
   return metrics.batch_counts(probs, batch["labels"], batch["mask"], threshold)

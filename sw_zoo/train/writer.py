@@ -1,15 +1,23 @@
 """Where training metrics go: the console, `metrics.jsonl` in the workdir (read by tools and
-tests), and Weights & Biases (offline by default; online or disabled by config)."""
+tests), and Weights & Biases (offline by default; online or disabled by config): the config,
+every scalar (loss, lr, images/s, TFLOP/s, MFU, validation F1) and a table of sample
+validation predictions at each evaluation."""
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
+from etils import epath
 
 WANDB_MODES = ("offline", "online", "disabled")
+# Tags shown per image in the prediction table: enough to judge a tagger at a glance.
+MAX_TAGS_SHOWN = 25
 
 
 class MetricWriter:
@@ -19,10 +27,16 @@ class MetricWriter:
     self._wandb = None
     if not self.active:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    # Appending keeps a resumed run's history in one file (gs:// workdirs too, through epath).
+    self._jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")
     mode = os.environ.get("WANDB_MODE") or config.wandb.mode
     if mode != "disabled":
       self._wandb = _init_wandb(workdir, config, mode)
+
+  @property
+  def wants_predictions(self) -> bool:
+    """Sample predictions only go to W&B; without it the loop skips computing them."""
+    return self._wandb is not None
 
   def write(self, step: int, scalars: dict[str, float], *, prefix: str = "") -> None:
     if not self.active:
@@ -32,6 +46,26 @@ class MetricWriter:
     self._jsonl.flush()
     if self._wandb is not None:
       self._wandb.log(record, step=step)
+
+  def log_predictions(self, step: int, samples: dict[str, np.ndarray], tag_names: Sequence[str], *,
+                      threshold: float) -> None:
+    """A W&B table: each image with its predicted tags (score >= threshold, best first), its
+    true tags, and the misses / false alarms, so a run's dashboard shows what the F1 means."""
+    if self._wandb is None:
+      return
+    import wandb
+
+    table = wandb.Table(columns=["image", "predicted", "true", "missed", "extra"])
+    for image, labels, probs in zip(samples["image"], samples["labels"], samples["probs"]):
+      predicted = [i for i in np.argsort(-probs) if probs[i] >= threshold][:MAX_TAGS_SHOWN]
+      true = set(np.flatnonzero(labels > 0.5).tolist())
+      table.add_data(
+          wandb.Image(np.asarray(image)),
+          ", ".join(f"{tag_names[i]} {probs[i]:.2f}" for i in predicted),
+          ", ".join(tag_names[i] for i in sorted(true)),
+          ", ".join(tag_names[i] for i in sorted(true - set(predicted))),
+          ", ".join(tag_names[i] for i in predicted if i not in true))
+    self._wandb.log({"val/predictions": table}, step=step)
 
   def close(self) -> None:
     if self._jsonl is not None:
@@ -44,15 +78,16 @@ def _init_wandb(workdir: str, config: Any, mode: str):
   import wandb  # imported lazily: it starts a service process and is not needed when disabled
 
   # One W&B run per workdir, resumed with it: the id lives next to the checkpoints.
-  id_file = os.path.join(workdir, "wandb_run_id")
-  if os.path.exists(id_file):
-    run_id = open(id_file, encoding="utf-8").read().strip()
+  id_file = epath.Path(workdir) / "wandb_run_id"
+  if id_file.exists():
+    run_id = id_file.read_text().strip()
   else:
     run_id = secrets.token_hex(4)
-    with open(id_file, "w", encoding="utf-8") as f:
-      f.write(run_id)
+    id_file.write_text(run_id)
+  # W&B writes its local files with plain file I/O: a remote (gs://) workdir gets a local dir.
+  local_dir = workdir if "://" not in workdir else tempfile.mkdtemp(prefix="sw_zoo_wandb_")
   return wandb.init(
       project=config.wandb.project, entity=config.wandb.entity or None,
-      name=config.wandb.name or os.path.basename(os.path.abspath(workdir)),
+      name=config.wandb.name or os.path.basename(os.path.abspath(workdir.rstrip("/"))),
       group=config.wandb.group or None, tags=list(config.wandb.tags),
-      config=config.to_dict(), dir=workdir, mode=mode, id=run_id, resume="allow")
+      config=config.to_dict(), dir=local_dir, mode=mode, id=run_id, resume="allow")

@@ -1,0 +1,10 @@
+"""NFNet-L0 + SiLU + ECA: a point of the size x activation recipe grid (configs/recipes.py documents the args).
+
+  bash launch/tpu_pod.sh configs/l0_silu_eca.py --config.data.dir=gs://BUCKET/danbooru2021
+  bash launch/local.sh configs/l0_silu_eca.py:runlocal
+"""
+from configs.recipes import recipe
+
+
+def get_config(arg=None):
+  return recipe("l0", "silu", "eca", arg)

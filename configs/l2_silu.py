@@ -1,0 +1,10 @@
+"""NFNet-L2 + SiLU: a point of the size x activation recipe grid (configs/recipes.py documents the args).
+
+  bash launch/tpu_pod.sh configs/l2_silu.py --config.data.dir=gs://BUCKET/danbooru2021
+  bash launch/local.sh configs/l2_silu.py:runlocal
+"""
+from configs.recipes import recipe
+
+
+def get_config(arg=None):
+  return recipe("l2", "silu", "none", arg)
