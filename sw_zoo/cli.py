@@ -4,6 +4,10 @@
   sw-zoo synthetic --out data/synthetic
   sw-zoo prepare folder IMAGES_DIR --out data/mine
   sw-zoo inspect data/mine
+  sw-zoo eval runs/demo --data data/synthetic
+  sw-zoo pareto runs/l0_silu runs/l1_silu runs/l2_silu
+  sw-zoo tag ~/images --model runs/demo/bundle --recursive
+  sw-zoo export runs/demo --onnx
 """
 from __future__ import annotations
 
@@ -18,6 +22,12 @@ commands:
               sources: folder, manifest, danbooru, sqlite, tfds)
   inspect     summarise a dataset + samples   (sw-zoo inspect data/mine --samples 16)
   models      list models / params and FLOPs  (sw-zoo models l2_silu_eca --image-size 384)
+  eval        score a checkpoint or bundle    (sw-zoo eval runs/demo --data data/synthetic --tta flip):
+              per-category table, per-tag CSV, PR / F1 plots, suggested thresholds
+  pareto      F1 vs throughput over runs      (sw-zoo pareto runs/l0_silu runs/l1_silu --out runs/pareto)
+  tag         write caption files for images  (sw-zoo tag ~/images --model runs/demo/bundle --recursive):
+              kohya / WD-tagger style .txt beside each image
+  export      a run -> model bundle (+ ONNX)  (sw-zoo export runs/demo --onnx: runs/demo/bundle, WD-tagger layout)
 
 Run `sw-zoo COMMAND --help` for a command's options."""
 
@@ -48,6 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     from sw_zoo.models import model_info
 
     return model_info.main(rest) or 0
+  if command == "eval":
+    from sw_zoo import eval_cli
+
+    return eval_cli.main(rest) or 0
+  if command == "pareto":
+    from sw_zoo import pareto
+
+    return pareto.main(rest) or 0
+  if command == "tag":
+    from sw_zoo import tag_cli
+
+    return tag_cli.main(rest) or 0
+  if command == "export":
+    from sw_zoo import export
+
+    return export.main(rest) or 0
   print(f"sw-zoo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
   return 2
 

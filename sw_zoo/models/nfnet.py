@@ -240,6 +240,19 @@ class NFBlock(nn.Module):
     return shortcut + r * jnp.asarray(cfg.alpha, r.dtype)
 
 
+def stem_plan(cfg: NFNetConfig) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+  """(kernel size, output channels per conv, stride per conv) of `cfg`'s stem; shared with the
+  ONNX writer so both build the same stem."""
+  c = cfg.stem_chs
+  kind = cfg.stem_type.removesuffix("_pool")
+  k = 7 if kind == "7x7" else 3
+  if kind == "deep_quad":
+    return k, (c // 8, c // 4, c // 2, c), (2, 1, 1, 2)
+  if kind == "deep":
+    return k, (c // 2, c // 2, c), (2, 1, 1)
+  return k, (c,), (2,)
+
+
 class Stem(nn.Module):
   """timm create_stem for 'deep_quad' (NFNet: 3x3 convs to C/8, C/4, C/2, C with strides
   2, 1, 1, 2), 'deep' (C/2, C/2, C; strides 2, 1, 1), '3x3' (one stride-2 conv) and '7x7' (one
@@ -261,15 +274,7 @@ class Stem(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.cfg
     act_fn, conv_gamma = cfg.nonlinearity()
-    c = cfg.stem_chs
-    kind = cfg.stem_type.removesuffix("_pool")
-    k = 7 if kind == "7x7" else 3
-    if kind == "deep_quad":
-      chs, strides = (c // 8, c // 4, c // 2, c), (2, 1, 1, 2)
-    elif kind == "deep":
-      chs, strides = (c // 2, c // 2, c), (2, 1, 1)
-    else:
-      chs, strides = (c,), (2,)
+    k, chs, strides = stem_plan(cfg)
     for i, (ch, s) in enumerate(zip(chs, strides)):
       if i:
         x = act_fn(x)

@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sw_zoo import metrics, sharding
+from sw_zoo import export, metrics, sharding
 from sw_zoo.data import balance, dataset_info, mixing, pipeline, vocab
 from sw_zoo.models import create_model
 from sw_zoo.train import config_check, losses, optimizer, state_sharding, steps, throughput, warm_start
@@ -281,6 +281,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       result["skipped_steps"] = skipped
     if jax.process_index() == 0:
       (epath.Path(workdir) / "eval_summary.json").write_text(json.dumps(result, indent=2))
+    # The run's usable artefact: <workdir>/bundle (load_pretrained, sw-zoo tag / export).
+    bundle_dir = export.write_run_bundle(workdir, state.eval_params(), config, tags, step=step)
+    if bundle_dir:
+      log(f"Wrote the model bundle {bundle_dir}")
     log(f"Final (step {step}): micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}  "
         f"P {val['micro_precision']:.4f}  R {val['micro_recall']:.4f} at threshold {config.eval.threshold}")
     return result

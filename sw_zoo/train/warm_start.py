@@ -1,7 +1,8 @@
 """Initial weights from another run's checkpoint: the finetune and transfer-learning recipes.
 
 `config.init.checkpoint` names a run's workdir, its checkpoints/ directory (the latest step is
-used) or one step directory (checkpoints/N). Params are matched to the new model by path:
+used), one step directory (checkpoints/N), or a model bundle (a run's `bundle/`, an export, or
+a `load_pretrained` cache directory). Params are matched to the new model by path:
   * same path and shape: copied (from the source's EMA when it has one and init.use_ema);
   * the head, when `init.new_head` is set or its shape differs (a different tag set): left to
     the new random init;
@@ -17,6 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+
+from sw_zoo import bundle as bundle_lib
 
 HEAD_PREFIX = "head"
 
@@ -40,7 +43,10 @@ def resolve_step_dir(path: str) -> str:
 
 
 def read_params(path: str, *, use_ema: bool = True) -> tuple[dict[tuple[str, ...], np.ndarray], str]:
-  """Flat {param path: host array} from a checkpoint, and a description of what was read."""
+  """Flat {param path: host array} from a checkpoint or a bundle, and a description of what was read."""
+  if bundle_lib.is_bundle(os.path.expanduser(path)):
+    path = os.path.abspath(os.path.expanduser(path))
+    return bundle_lib.read_params_flat(path), f"params of bundle {path}"
   step_dir = resolve_step_dir(path)
   item = os.path.join(step_dir, "state")
   checkpointer = ocp.StandardCheckpointer()

@@ -1,0 +1,171 @@
+"""Tagger: the eval preprocessing exactly, batching that does not change scores, one compile per
+batch shape, thresholds / MCut / top-k, embeddings, every input kind, unreadable inputs."""
+import functools
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import sw_zoo
+from sw_zoo import bundle as bundle_lib
+from sw_zoo.data import image_io
+from sw_zoo.data import vocab as vocab_lib
+from sw_zoo.data.augment import preprocess_eval
+from sw_zoo.tagger import Tagger, mcut_threshold
+from sw_zoo.train import steps
+
+IMAGE_SIZE = 32
+GENERAL = ("long_hair", "simple_background", "^_^", "smile", "red_eyes", "holding_cup")
+CHARACTERS = ("char_alpha", "char_beta")
+
+
+def sample_vocab() -> vocab_lib.TagVocab:
+  ratings = [vocab_lib.Tag(n, vocab_lib.CATEGORY_RATING) for n in ("general", "sensitive", "questionable", "explicit")]
+  return vocab_lib.TagVocab(ratings + [vocab_lib.Tag(n, vocab_lib.CATEGORY_GENERAL) for n in GENERAL]
+                            + [vocab_lib.Tag(n, vocab_lib.CATEGORY_CHARACTER) for n in CHARACTERS])
+
+
+def random_params(model, seed: int = 0, scale: float = 0.3):
+  """Params of the right shapes drawn with numpy (linen's init runs the whole model op by op, ~20 s
+  here): gains near 1 and non-zero residual branches, so every path carries signal and the
+  scores spread over (0, 1)."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)),
+                                               train=False)["params"])
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    if name in ("gain", "skipinit_gain"):
+      return (1.0 + scale * noise).astype(np.float32)
+    if name == "bias":
+      return scale * noise
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else leaf.shape[0]
+    return noise / np.float32(np.sqrt(fan_in))
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def make_bundle(path, *, name="nano", threshold=0.5, seed=0) -> str:
+  tags = sample_vocab()
+  spec = bundle_lib.ModelSpec(name=name, num_tags=len(tags), act="silu", attn="eca")
+  return bundle_lib.write_bundle(path, params=random_params(spec.create(), seed), spec=spec, image_size=IMAGE_SIZE, tags=tags,
+                                 thresholds=bundle_lib.threshold_config(threshold))
+
+
+def sample_images(n: int, seed: int = 0) -> list[np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return [rng.integers(0, 256, (int(rng.integers(20, 70)), int(rng.integers(20, 70)), 3), dtype=np.uint8)
+          for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+  return make_bundle(tmp_path_factory.mktemp("tagger") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def tagger(bundle_dir):
+  return sw_zoo.load_pretrained(bundle_dir, batch_size=4)
+
+
+def test_scores_equal_the_eval_step_on_preprocess_eval(tagger, bundle_dir):
+  """Same preprocessing function, same model, same params as validation during training."""
+  images = sample_images(7)
+  bundle = bundle_lib.read_bundle(bundle_dir)
+  eval_probs = jax.jit(functools.partial(steps.predict_probs, model=bundle.spec.create()))
+  expected = eval_probs(bundle.params, np.stack([preprocess_eval(i, IMAGE_SIZE) for i in images]))
+  np.testing.assert_allclose(tagger.scores(images), np.asarray(expected), atol=1e-6)
+
+
+def test_file_inputs_are_read_like_the_dataset_converters(tagger, tmp_path):
+  # A transparent, non-square PNG: composited onto white, padded to a white square, resized.
+  rgba = np.random.default_rng(1).integers(0, 256, (50, 30, 4), dtype=np.uint8)
+  rgba[:10, :, 3] = 0
+  path = tmp_path / "post.png"
+  Image.fromarray(rgba, "RGBA").save(path)
+  expected = preprocess_eval(np.asarray(image_io.load_image(path)), IMAGE_SIZE)
+  np.testing.assert_array_equal(tagger.preprocess(str(path)), expected)
+  assert (expected[:, :5] == 255).all()  # letterbox columns are white
+  data = path.read_bytes()
+  by_kind = [tagger.scores(str(path)), tagger.scores(path), tagger.scores(data),
+             tagger.scores(Image.open(io.BytesIO(data))), tagger.scores(rgba)]
+  for scores in by_kind[1:]:
+    np.testing.assert_allclose(scores, by_kind[0], atol=1e-6)
+
+
+def test_batching_padding_and_compiles(bundle_dir):
+  tagger = Tagger.from_bundle(bundle_dir, batch_size=4)
+  images = sample_images(7)
+  together = tagger.scores(images)  # one full batch of 4, then 3 padded to 4
+  assert together.shape == (7, len(sample_vocab()))
+  assert tagger._forward._cache_size() == 1
+  one_by_one = np.stack([tagger.scores(i) for i in images])  # batch of 1: one more shape
+  np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+  assert tagger._forward._cache_size() == 2
+  stacked = tagger.scores(np.stack([tagger.preprocess(i) for i in images]))  # a [N, H, W, 3] stack
+  np.testing.assert_allclose(stacked, together, atol=1e-6)
+  assert tagger._forward._cache_size() == 2
+  assert [tagger._padded_size(n) for n in (1, 2, 3, 4, 9)] == [1, 2, 4, 4, 4]
+
+
+def test_predict_categories_thresholds_and_top_k(tagger):
+  images = sample_images(3)
+  scores = tagger.scores(images)
+  preds = tagger.predict(images)  # bundle threshold 0.5
+  assert len(preds) == 3
+  for p, s in zip(preds, scores):
+    assert list(p.rating) == sorted(p.rating, key=p.rating.get, reverse=True)
+    assert set(p.rating) == {"general", "sensitive", "questionable", "explicit"}
+    assert p.rating_tag == max(p.rating, key=p.rating.get)
+    general = dict(zip(GENERAL, s[4:10]))
+    assert [t for t, _ in p.general] == sorted((t for t in GENERAL if general[t] >= 0.5), key=lambda t: -general[t])
+    assert all(n in CHARACTERS for n, _ in p.character)
+  everything = tagger.predict(images[0], thresholds=0.0)
+  assert len(everything.general) == len(GENERAL) and len(everything.character) == len(CHARACTERS)
+  only_general = tagger.predict(images[0], thresholds={"general": 0.0, "character": 1.01})
+  assert len(only_general.general) == len(GENERAL) and only_general.character == []
+  top = tagger.predict(images[0], thresholds=0.0, top_k=2)
+  assert top.general == everything.general[:2] and top.character == everything.character[:2]
+  with pytest.raises(ValueError, match="unknown categories.*genral"):
+    tagger.predict(images[0], thresholds={"genral": 0.3})
+
+
+def test_mcut():
+  assert mcut_threshold(np.array([0.9, 0.8, 0.2, 0.1])) == pytest.approx(0.5)
+  assert mcut_threshold(np.array([0.3])) == 0.5
+
+
+def test_predict_mcut_uses_the_largest_gap(tagger):
+  image = sample_images(1)[0]
+  scores = tagger.scores(image)
+  p = tagger.predict(image, mcut=True)
+  general = np.sort(scores[4:10])[::-1]
+  cut = mcut_threshold(general)
+  assert len(p.general) == int((general >= cut).sum())
+  assert all(score >= 0.15 for _, score in p.character)
+
+
+def test_embed(tagger):
+  images = sample_images(5)
+  vectors = tagger.embed(images)
+  assert vectors.shape == (5, tagger.embedding_dim) and vectors.dtype == np.float32
+  np.testing.assert_allclose(tagger.embed(images[2]), vectors[2], atol=1e-5)
+
+
+def test_unreadable_inputs_raise_or_are_reported(tagger, tmp_path):
+  bad = tmp_path / "broken.jpg"
+  bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  good = sample_images(2)
+  with pytest.raises(image_io.ImageError, match="broken.jpg"):
+    tagger.predict([good[0], str(bad)])
+  results = list(tagger.iter_predict([good[0], str(bad), good[1]], skip_errors=True))
+  assert [r.error is None for r in results] == [True, False, True]
+  assert results[1].source == str(bad) and results[1].prediction is None
+  with pytest.raises(ValueError, match="uint8"):
+    tagger.predict(np.zeros((8, 8, 3), np.float32))
+  with pytest.raises(TypeError, match="cannot read an image"):
+    tagger.predict([42])
