@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 from typing import Any
 
 import grain
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from data_prep.convert import REPORT_FILENAME
+from sw_zoo.data import contact_sheet
 from sw_zoo.data.dataset_info import SELECTED_TAGS_FILENAME, read_dataset_info, split_paths
 from sw_zoo.data.records import decode_image, decode_record
 from sw_zoo.data.vocab import CATEGORY_NAMES, TagVocab, read_selected_tags
-
-CELL = 224          # Thumbnail side in the contact sheet.
-TEXT_LINES = 7      # Lines of tags under each thumbnail.
-LINE_HEIGHT = 13
 
 
 def _category_name(code: int) -> str:
@@ -37,44 +32,15 @@ def _split_source(data_dir: str, split: str, info: dict):
   return grain.sources.ArrayRecordDataSource(split_paths(data_dir, split, info))
 
 
-def _wrap(draw: ImageDraw.ImageDraw, words: list[str], font, width: int,
-          max_lines: int) -> list[str]:
-  lines, line = [], ""
-  for word in words:
-    candidate = f"{line} {word}".strip()
-    if line and draw.textlength(candidate, font=font) > width:
-      lines.append(line)
-      line = word
-      if len(lines) == max_lines:
-        break
-    else:
-      line = candidate
-  if len(lines) < max_lines and line:
-    lines.append(line)
-  return lines
-
-
 def render_contact_sheet(records: list[dict], vocab: TagVocab, out_path: str) -> None:
-  """Decoded record images with their tags, in a grid; written as PNG."""
-  columns = max(1, math.ceil(math.sqrt(len(records))))
-  rows = max(1, math.ceil(len(records) / columns))
-  cell_h = CELL + TEXT_LINES * LINE_HEIGHT + 6
-  sheet = Image.new("RGB", (columns * CELL, rows * cell_h), "white")
-  draw = ImageDraw.Draw(sheet)
-  font = ImageFont.load_default()
-  for n, record in enumerate(records):
-    x, y = (n % columns) * CELL, (n // columns) * cell_h
-    thumb = ImageOps.contain(Image.fromarray(decode_image(record["image"])), (CELL - 4, CELL - 4),
-                             Image.Resampling.LANCZOS)
-    sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
+  """Decoded record images with their tags (ratings first, then by training frequency)."""
+  cells = []
+  for record in records:
     labels = sorted(record["labels"].tolist(),
                     key=lambda i: (vocab.categories[i] != 9, -int(vocab.counts[i]), i))
     names = [vocab.names[i] for i in labels]
-    words = [f"#{record['id']}:"] + [n + "," for n in names[:-1]] + names[-1:]
-    for k, line in enumerate(_wrap(draw, words, font, CELL - 6, TEXT_LINES)):
-      draw.text((x + 3, y + CELL + 2 + k * LINE_HEIGHT), line, fill="black", font=font)
-    draw.rectangle((x, y, x + CELL - 1, y + cell_h - 1), outline=(200, 200, 200))
-  sheet.save(out_path, format="PNG")
+    cells.append((decode_image(record["image"]), [f"#{record['id']}:"] + [n + "," for n in names[:-1]] + names[-1:]))
+  contact_sheet.render(cells, out_path)
 
 
 def inspect(data_dir: str | os.PathLike, *, samples: int = 16, out: str | None = None,

@@ -37,16 +37,14 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from flax import serialization, traverse_util
 
 from sw_zoo.data import vocab as vocab_lib
+from sw_zoo.data.atomic_file import replace_dir
 from sw_zoo.data.augment import PAD_VALUE
 
 FORMAT = "sw_zoo.bundle"
@@ -158,31 +156,6 @@ def _write_bytes(path: str, data: bytes) -> None:
     f.write(data)
     f.flush()
     os.fsync(f.fileno())
-
-
-def replace_dir(out_dir: str, fill: Callable[[str], None]) -> str:
-  """Creates `out_dir` atomically: `fill(tmp)` writes a sibling temp directory, which is then
-  renamed into place. An existing `out_dir` is swapped out by two renames and removed, so a
-  reader sees the old directory, none for an instant, or the new one, never a partial one; a
-  crash inside `fill` leaves only a `.<name>.*.tmp` directory (removed on error)."""
-  out_dir = os.path.abspath(os.path.expanduser(out_dir))
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
-  try:
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a bundle is meant to be shared
-    fill(tmp)
-    if os.path.lexists(out_dir):
-      old = f"{out_dir}.{uuid.uuid4().hex[:8]}.old.tmp"
-      os.rename(out_dir, old)
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
 
 
 def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec: ModelSpec, image_size: int,

@@ -8,6 +8,9 @@
   sw-zoo pareto runs/l0_silu runs/l1_silu runs/l2_silu
   sw-zoo tag ~/images --model runs/demo/bundle --recursive
   sw-zoo export runs/demo --onnx
+  sw-zoo find-missing-tags --data data/synthetic --model runs/demo --out review
+  sw-zoo index data/synthetic --model runs/demo --out runs/demo_index
+  sw-zoo search runs/demo_index --image query.jpg
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ commands:
   tag         write caption files for images  (sw-zoo tag ~/images --model runs/demo/bundle --recursive):
               kohya / WD-tagger style .txt beside each image
   export      a run -> model bundle (+ ONNX)  (sw-zoo export runs/demo --onnx: runs/demo/bundle, WD-tagger layout)
+  find-missing-tags  suspect missing / wrong tags (sw-zoo find-missing-tags --data DIR --model RUN --out review):
+              confident learning on held-out or cross-validated predictions; CSV/JSON + contact sheet
+  folds       K-fold copies of a train split  (sw-zoo folds data/mine --folds 2 --out data/mine_folds)
+  index       embed images into a search index (sw-zoo index IMAGES_OR_DATASET --model RUN --out INDEX)
+  search      nearest images by image or tag  (sw-zoo search INDEX --image q.jpg | --tags "1girl solo -hat")
 
 Run `sw-zoo COMMAND --help` for a command's options."""
 
@@ -74,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     from sw_zoo import export
 
     return export.main(rest) or 0
+  if command == "find-missing-tags":
+    from sw_zoo.curation import find_missing_cli
+
+    return find_missing_cli.main(rest) or 0
+  if command == "folds":
+    from sw_zoo.curation import folds_cli
+
+    return folds_cli.main(rest) or 0
+  if command in ("index", "search"):
+    from sw_zoo.curation import search_cli
+
+    return (search_cli.index_main if command == "index" else search_cli.search_main)(rest) or 0
   print(f"sw-zoo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
   return 2
 

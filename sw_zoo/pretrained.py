@@ -64,10 +64,15 @@ def _looks_like_path(text: str) -> bool:
 
 
 def resolve(name_or_path: str | os.PathLike, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
-  """The local bundle directory for a path or a registered name (downloading it if needed)."""
+  """The local bundle directory for a path (a bundle, or a run's workdir holding `bundle/`) or a
+  registered name (downloading it if needed)."""
   text = os.fspath(name_or_path)
   local = os.path.abspath(os.path.expanduser(text))
   if os.path.isdir(local):
+    # A training run's workdir stands for the bundle the trainer wrote into it.
+    run_bundle = os.path.join(local, "bundle")
+    if not bundle_lib.is_bundle(local) and bundle_lib.is_bundle(run_bundle):
+      return run_bundle
     return local
   if text not in REGISTRY:
     if _looks_like_path(text):

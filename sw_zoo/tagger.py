@@ -222,6 +222,13 @@ class Tagger:
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
+  def iter_outputs(self, sources: Iterable[Any], *, skip_errors: bool = False
+                   ) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, Exception | None]]:
+    """Streams (source, scores [num_tags], pooled features [embedding_dim], error) in input
+    order, for inputs too many to hold at once (a shard set, a large folder). With
+    `skip_errors`, an unreadable input yields (source, None, None, error) instead of raising."""
+    return self._stream(sources, skip_errors)
+
   def scores(self, inputs: Any) -> np.ndarray:
     """Raw sigmoid scores, float32 [N, num_tags] ([num_tags] for one input)."""
     single = _is_single(inputs)

@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sw_zoo import cli
 from sw_zoo.models import ACTIVATIONS, VARIANTS, NFNetConfig, create_model, list_models, model_config
 from sw_zoo.models import model_info, partitioning
-from sw_zoo.models.conv_cpu import conv2d_gemm
+from sw_zoo.models import conv_cpu
+from sw_zoo.models.conv_cpu import conv2d_dense, conv2d_gemm
 from sw_zoo.models.layers import (ECA, DropPath, StdConv, conv2d, eca_kernel_size, get_padding, get_same_padding,
                                   standardize_weight)
 from sw_zoo.sharding import make_mesh
@@ -127,6 +128,37 @@ def test_conv2d_gemm_matches_native(k, cin, cout, groups, stride, same):
     return (y,) + jax.grad(lambda x, w: jnp.vdot(f(x, w), ct), argnums=(0, 1))(x, w)
 
   for a, b in zip(jax.jit(fwd_and_grads, static_argnums=0)(gemm), jax.jit(fwd_and_grads, static_argnums=0)(native)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k,cin,cout,stride,same,batch,patch_bytes", [
+    (3, 3, 8, 2, False, 4, 1 << 20),     # the stem's first conv: 3 channels, stride 2
+    (3, 8, 16, 1, False, 6, 1 << 20),    # stride 1, the whole batch in one scan step
+    (3, 8, 8, 2, True, 6, 4000),         # TF SAME uneven padding, one image per scan step
+    (7, 3, 8, 2, False, 3, 9000),        # NF-ResNet's 7x7 stem, batch 3 (odd) in slices
+])
+def test_conv2d_dense_matches_native(k, cin, cout, stride, same, batch, patch_bytes, monkeypatch):
+  """conv_cpu.conv2d_dense (filter gradient as batch-sliced GEMMs) == XLA's conv and its grads,
+  whatever number of images each scan step takes."""
+  monkeypatch.setattr(conv_cpu, "_FILTER_GRAD_PATCH_BYTES", patch_bytes)
+  h, w_ = 10, 9
+  x = _normal(1, (batch, h, w_, cin))
+  w = _normal(2, (k, k, cin, cout), 1 / math.sqrt(k * k * cin))
+  if same:
+    pad = (get_same_padding(h, k, stride), get_same_padding(w_, k, stride))
+  else:
+    p = get_padding(k, stride)
+    pad = ((p, p), (p, p))
+  native = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dense = lambda x, w: conv2d_dense(x, w, stride, pad)
+
+  def fwd_and_grads(f):
+    y = f(x, w)
+    ct = _normal(3, y.shape)
+    return (y,) + jax.grad(lambda x, w: jnp.vdot(f(x, w), ct), argnums=(0, 1))(x, w)
+
+  for a, b in zip(fwd_and_grads(dense), fwd_and_grads(native)):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 

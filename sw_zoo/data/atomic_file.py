@@ -1,13 +1,17 @@
-"""Atomic file replacement for the small metadata files of a dataset.
+"""Atomic replacement of files and directories.
 
 Readers treat `dataset.json` as "this dataset is complete", so a crash mid-write must leave
-either the old file or the new one, never half of one.
+either the old file or the new one, never half of one; bundles, predictions and search indexes
+are whole directories, replaced the same way.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Callable
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -30,3 +34,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
+
+
+def replace_dir(out_dir: str, fill: Callable[[str], None]) -> str:
+  """Creates `out_dir` atomically: `fill(tmp)` writes a sibling temp directory, which is then
+  renamed into place. An existing `out_dir` is swapped out by two renames and removed, so a
+  reader sees the old directory, none for an instant, or the new one, never a partial one; a
+  crash inside `fill` leaves only a `.<name>.*.tmp` directory (removed on error)."""
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
+  try:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; bundles and indexes are meant to be shared
+    fill(tmp)
+    if os.path.lexists(out_dir):
+      old = f"{out_dir}.{uuid.uuid4().hex[:8]}.old.tmp"
+      os.rename(out_dir, old)
+      os.rename(tmp, out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from sw_zoo.models.conv_cpu import conv2d_gemm
+from sw_zoo.models.conv_cpu import conv2d_dense, conv2d_gemm
 
 Dtype = Any
 
@@ -148,8 +148,8 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int | tuple[tupl
   (two GEMMs + col2im) instead of autodiff of pad/slice. On XLA:CPU (2 cores, eca_nfnet_l0 at
   batch 16 / 224 px) the native grouped conv's backward is 7-25x its forward and the native
   1x1 conv's backward 4-6x, while the GEMM forms stay near the expected 2x. Dense k x k convs
-  (the stem, NF-ResNet) keep the native op under both impls: their XLA:CPU backward is already
-  about 3x the forward and im2col variants measured no faster.
+  (the stem, NF-ResNet) keep XLA's forward and input gradient, which are fast enough, and take
+  their filter gradient from ``conv_cpu.conv2d_dense`` (batch-sliced im2col GEMMs in a scan).
   """
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
@@ -157,10 +157,14 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int | tuple[tupl
   kh, kw, cin_g, cout = w.shape
   if x.shape[-1] != cin_g * groups or cout % groups:
     raise ValueError(f"conv2d: input channels {x.shape[-1]} / kernel {w.shape} do not fit groups={groups}")
-  if impl == "native" or (groups == 1 and kh > 1) or kh != kw:
+  # A dense conv on a few input channels (the RGB stem conv) keeps XLA's filter gradient: its
+  # patches are too narrow for GEMMs to win (benchmarks/stem_convs.py: 1.14x the time at 3 in).
+  if impl == "native" or kh != kw or (groups == 1 and kh > 1 and cin_g < 8):
     return jax.lax.conv_general_dilated(
         x, w, window_strides=(stride, stride), padding=((pt, pb), (pl, pr)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  if groups == 1 and kh > 1:
+    return conv2d_dense(x, w, stride, ((pt, pb), (pl, pr)))
   return conv2d_gemm(x, w, stride, ((pt, pb), (pl, pr)), groups)
 
 

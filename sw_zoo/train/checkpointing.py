@@ -101,24 +101,35 @@ class Checkpointer:
 
   def restore_arrays(self, step: int | None = None) -> Any:
     """The saved train state as a tree of host (numpy) arrays, without the data iterator: for
-    tools (eval, export, tests) that read a checkpoint without resuming training.
-
-    Works whatever topology wrote it (a pod's checkpoint on a laptop): arrays are read onto one
-    local device, since restoring with the saved shardings needs the saving run's devices."""
+    tools (eval, export, tests) that read a checkpoint without resuming training."""
+    self.manager.wait_until_finished()
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    saved = self.manager.item_metadata(step)["state"].tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return jax.device_get(restored["state"])
+    return read_state_arrays(os.path.join(self.directory, str(step)))
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+def read_state_arrays(step_dir: str) -> Any:
+  """The `state` item of one saved step (`<checkpoints>/<step>`) as host arrays.
+
+  Works whatever topology wrote it (a pod's checkpoint on a laptop): arrays are read onto one
+  local device, since restoring with the saved shardings needs the saving run's devices; the
+  caller re-shards them if it needs to."""
+  item = os.path.join(step_dir, "state")
+  on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    saved = checkpointer.metadata(item).item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
+    return jax.device_get(checkpointer.restore(item, target))
+  finally:
+    checkpointer.close()
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

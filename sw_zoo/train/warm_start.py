@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from sw_zoo import bundle as bundle_lib
+from sw_zoo.train import checkpointing
 
 HEAD_PREFIX = "head"
 
@@ -48,18 +47,9 @@ def read_params(path: str, *, use_ema: bool = True) -> tuple[dict[tuple[str, ...
     path = os.path.abspath(os.path.expanduser(path))
     return bundle_lib.read_params_flat(path), f"params of bundle {path}"
   step_dir = resolve_step_dir(path)
-  item = os.path.join(step_dir, "state")
-  checkpointer = ocp.StandardCheckpointer()
-  tree = checkpointer.metadata(item).item_metadata.tree
-  device = jax.local_devices()[0]
-  # Every process reads the whole (small) state onto one local device; it is re-sharded when
-  # the new state is built. Reading with the saved mesh would fail on a different topology.
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                                       sharding=jax.sharding.SingleDeviceSharding(device)), tree)
-  restored = checkpointer.restore(item, target)
-  checkpointer.close()
+  restored = checkpointing.read_state_arrays(step_dir)
   key = "ema_params" if use_ema and restored.get("ema_params") is not None else "params"
-  flat = traverse_util.flatten_dict(jax.device_get(restored[key]))
+  flat = traverse_util.flatten_dict(restored[key])
   return {tuple(map(str, k)): np.asarray(v) for k, v in flat.items()}, f"{key} of {step_dir}"
 
 

@@ -1,0 +1,41 @@
+"""`sw-zoo folds DATA --folds K --out DIR`: K datasets for cross-validated predictions.
+
+`DIR/fold-<k>` holds DATA's selected_tags.csv, a `validation` split = fold k of DATA's train
+split and a `train` split = the other folds (records copied as they are, labels unchanged).
+Folds are a hash of the record id, so they do not follow shard order. A finished fold is kept
+when the command is run again (an interrupted run resumes). Train one model per fold and let
+each predict its own validation split: see `sw-zoo find-missing-tags --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sw_zoo.curation import split_data
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="sw-zoo folds", description=__doc__.split("\n\n")[0],
+                                   epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("data", help="dataset directory")
+  parser.add_argument("--folds", type=int, default=2, help="number of folds (2)")
+  parser.add_argument("--out", required=True, help="directory for fold-0 .. fold-K-1")
+  parser.add_argument("--split", default="train", help="split to divide (train)")
+  parser.add_argument("--shard-size", type=int, default=2000, help="records per shard (2000)")
+  parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  args = parser.parse_args(argv)
+  from tqdm import tqdm
+
+  try:
+    n = int(split_data.read_dataset_info(args.data)["splits"][args.split]["num_examples"])
+    with tqdm(total=n * max(args.folds, 0), unit="rec", desc="writing folds", disable=args.no_progress,
+              dynamic_ncols=True) as bar:
+      made = split_data.make_folds(args.data, args.out, folds=args.folds, split=args.split,
+                                   shard_size=args.shard_size, progress=bar.update)
+  except (OSError, ValueError, KeyError) as e:
+    print(f"sw-zoo folds: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    return 1
+  for path in made:
+    info = split_data.read_dataset_info(path)["splits"]
+    print(f"{path}: train {info['train']['num_examples']}, validation {info['validation']['num_examples']}")
+  return 0
