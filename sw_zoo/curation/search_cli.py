@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -140,12 +141,18 @@ def search_main(argv: list[str] | None = None) -> int:
   except (OSError, ValueError) as e:
     print(f"sw-zoo search: {e}", file=sys.stderr)
     return 1
+  # Image queries score by cosine similarity; tag queries by the summed log-probability, shown as
+  # the joint probability in the table.
+  label = "similarity" if args.image else "probability"
+  if not args.json and hits:
+    print(f"{'rank':>4}  {label:>11}  image")
   for rank, hit in enumerate(hits, 1):
     if args.json:
       print(json.dumps({"rank": rank, "score": round(hit.score, 6), **hit.item}))
     else:
       where = hit.item.get("path") or f"{hit.item.get('source') or ''} (id {hit.item.get('id')})"
-      print(f"{rank:3d}  {hit.score:9.4f}  {where}")
+      shown = hit.score if args.image else math.exp(hit.score)
+      print(f"{rank:4d}  {shown:11.4f}  {where}")
   return 0
 
 

@@ -158,7 +158,7 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int | tuple[tupl
   if x.shape[-1] != cin_g * groups or cout % groups:
     raise ValueError(f"conv2d: input channels {x.shape[-1]} / kernel {w.shape} do not fit groups={groups}")
   # A dense conv on a few input channels (the RGB stem conv) keeps XLA's filter gradient: its
-  # patches are too narrow for GEMMs to win (benchmarks/stem_convs.py: 1.14x the time at 3 in).
+  # patches are too narrow for GEMMs to win (benchmarks/stem_convs.py: 1.14x the time with 3 input channels).
   if impl == "native" or kh != kw or (groups == 1 and kh > 1 and cin_g < 8):
     return jax.lax.conv_general_dilated(
         x, w, window_strides=(stride, stride), padding=((pt, pb), (pl, pr)),
