@@ -195,6 +195,7 @@ def measure_isolated(args) -> tuple[dict[str, float], float | None, str, str]:
   """Each framework alone on the machine, as a user runs it: `args.isolated` child processes per
   framework, started in alternation (jax, torch, jax, torch, ...) so that slow drifts of the
   machine's load hit both; per fn, the median of the children's medians."""
+  assert not args.only, "a child process never spawns children of its own"
   samples: dict[str, list[float]] = {}
   flops, device_kind, platform = None, "cpu", args.torch_device
   child, skip = [], False
@@ -208,8 +209,11 @@ def measure_isolated(args) -> tuple[dict[str, float], float | None, str, str]:
     child.append(a)
   for _ in range(args.isolated):
     for only in ("jax", "torch"):
-      out = subprocess.run([sys.executable, os.path.abspath(__file__), *child, "--only", only, "--emit-json"],
-                           check=True, capture_output=True, text=True).stdout
+      run = subprocess.run([sys.executable, os.path.abspath(__file__), *child, "--only", only, "--emit-json"],
+                           capture_output=True, text=True)
+      if run.returncode:
+        sys.exit(f"the {only} child process failed:\n{run.stderr[-4000:]}")
+      out = run.stdout
       result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
       for name, seconds in result["times"].items():
         samples.setdefault(name, []).append(seconds)
@@ -250,7 +254,7 @@ def main():
     import jax
     args.torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
 
-  if args.isolated:
+  if args.isolated and not args.only:
     t, flops, device_kind, platform = measure_isolated(args)
     how = f"each framework alone in its own process, {args.isolated} processes each, alternating; consecutive calls"
   else:

@@ -1,5 +1,5 @@
 """The NFNet-L stem's dense 3x3 convs, forward + both gradients: XLA's convolution (baseline)
-against conv_cpu.conv2d_dense (XLA forward and input gradient, filter gradient as batch-sliced
+against conv_cpu.conv2d_dense (XLA forward and input gradient, filter gradient as row-banded
 im2col GEMMs in a scan), on this machine, in one run.
 
   python benchmarks/stem_convs.py                 # batch 16 at 224 px, as benchmarks/nfnet_vs_timm.py

@@ -134,13 +134,13 @@ def test_conv2d_gemm_matches_native(k, cin, cout, groups, stride, same):
 
 @pytest.mark.parametrize("k,cin,cout,stride,same,batch,patch_bytes", [
     (3, 3, 8, 2, False, 4, 1 << 20),     # the stem's first conv: 3 channels, stride 2
-    (3, 8, 16, 1, False, 6, 1 << 20),    # stride 1, the whole batch in one scan step
-    (3, 8, 8, 2, True, 6, 4000),         # TF SAME uneven padding, one image per scan step
-    (7, 3, 8, 2, False, 3, 9000),        # NF-ResNet's 7x7 stem, batch 3 (odd) in slices
+    (3, 8, 16, 1, False, 6, 1 << 20),    # stride 1, all rows in one scan step
+    (3, 8, 8, 2, True, 6, 4000),         # TF SAME uneven padding, one output row per scan step
+    (7, 3, 8, 2, False, 3, 9000),        # NF-ResNet's 7x7 stem, 5 output rows in 5 steps
 ])
 def test_conv2d_dense_matches_native(k, cin, cout, stride, same, batch, patch_bytes, monkeypatch):
-  """conv_cpu.conv2d_dense (filter gradient as batch-sliced GEMMs) == XLA's conv and its grads,
-  whatever number of images each scan step takes."""
+  """conv_cpu.conv2d_dense (filter gradient as GEMMs over bands of output rows) == XLA's conv and
+  its grads, however many rows each scan step takes."""
   monkeypatch.setattr(conv_cpu, "_FILTER_GRAD_PATCH_BYTES", patch_bytes)
   h, w_ = 10, 9
   x = _normal(1, (batch, h, w_, cin))
@@ -161,6 +161,19 @@ def test_conv2d_dense_matches_native(k, cin, cout, stride, same, batch, patch_by
   for a, b in zip(fwd_and_grads(dense), fwd_and_grads(native)):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_conv2d_dense_keeps_a_data_sharded_batch_sharded():
+  """The filter gradient's scan runs over rows, so a batch split over devices is never gathered."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  x = jax.device_put(_normal(1, (16, 12, 12, 8)), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  w = _normal(2, (3, 3, 8, 16), 0.1)
+  grads = jax.jit(jax.grad(lambda x, w: (conv2d_dense(x, w, 1, ((1, 1), (1, 1))) ** 2).sum(), argnums=(0, 1)))
+  assert "all-gather" not in grads.lower(x, w).compile().as_text()
+  native = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  expected = jax.grad(lambda x, w: (native(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
+  for a, b in zip(grads(x, w), expected):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
 def test_standardize_weight_grads_match_reductions():

@@ -133,9 +133,11 @@ conv2d_gemm.defvjp(_fwd, _bwd)
 # XLA:CPU's forward and input-gradient convolutions are fast enough here, but its filter
 # gradient (a convolution with batch and features swapped) ran at ~45 GFLOP/s on the stem's
 # 112 px layers. One im2col GEMM over the whole batch is no better: the patches (9x the input,
-# 231 MB for 32 channels at batch 16) go through memory at ~8 GB/s. Built per slice of the batch
+# 231 MB for 32 channels at batch 16) go through memory at ~8 GB/s. Built per band of output rows
 # inside a scan, the patches stay in cache and the filter gradient becomes a chain of small GEMMs.
-_FILTER_GRAD_PATCH_BYTES = 8 << 20  # patches per scan step; L2/L3-sized
+# Bands split the height, not the batch, so a batch sharded over devices stays sharded (a scan
+# over batch slices made XLA all-gather the batch).
+_FILTER_GRAD_PATCH_BYTES = 8 << 20  # patches per scan step (whole batch); L2/L3-sized
 
 
 def _native_conv(x, w, stride, padding):
@@ -146,7 +148,7 @@ def _native_conv(x, w, stride, padding):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d_dense(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """NHWC x HWIO dense conv: XLA's convolution forward and input gradient, the filter gradient
-  as batch-sliced im2col GEMMs (see above)."""
+  as im2col GEMMs over bands of output rows (see above)."""
   return _native_conv(x, w, stride, padding)
 
 
@@ -160,17 +162,19 @@ def _dense_bwd(stride, padding, res, g):
   (dx,) = input_vjp(g)
   k, _, cin, cout = w.shape
   b, ho, wo, _ = g.shape
-  per_image = ho * wo * k * k * cin * x.dtype.itemsize
-  chunk = max((c for c in range(1, b + 1) if b % c == 0 and c * per_image <= _FILTER_GRAD_PATCH_BYTES), default=1)
-  xs = x.reshape(b // chunk, chunk, *x.shape[1:])
-  gs = g.reshape(b // chunk, chunk * ho * wo, cout)
+  per_row = b * wo * k * k * cin * x.dtype.itemsize  # patch bytes of one output row, whole batch
+  band = max((r for r in range(1, ho + 1) if ho % r == 0 and r * per_row <= _FILTER_GRAD_PATCH_BYTES), default=1)
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  rows_in = (band - 1) * stride + k  # padded input rows one band of output rows reads
 
-  def accumulate(total, slices):
-    xc, gc = slices
-    p = _patches(xc[None], k, stride, padding)[0]                     # [chunk*Ho*Wo, k*k*Cin]
-    return total + jnp.einsum("nk,no->ko", p, gc, preferred_element_type=jnp.float32), None
+  def accumulate(total, j):
+    slab = jax.lax.dynamic_slice_in_dim(xp, j * band * stride, rows_in, axis=1)
+    p = _patches(slab[None], k, stride, ((0, 0), (0, 0)))[0]             # [B*band*Wo, k*k*Cin]
+    gb = jax.lax.dynamic_slice_in_dim(g, j * band, band, axis=1).reshape(-1, cout)
+    return total + jnp.einsum("nk,no->ko", p, gb, preferred_element_type=jnp.float32), None
 
-  dw, _ = jax.lax.scan(accumulate, jnp.zeros((k * k * cin, cout), jnp.float32), (xs, gs))
+  dw, _ = jax.lax.scan(accumulate, jnp.zeros((k * k * cin, cout), jnp.float32), jnp.arange(ho // band))
   return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
 
 

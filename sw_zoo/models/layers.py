@@ -149,7 +149,7 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int, padding: int | tuple[tupl
   batch 16 / 224 px) the native grouped conv's backward is 7-25x its forward and the native
   1x1 conv's backward 4-6x, while the GEMM forms stay near the expected 2x. Dense k x k convs
   (the stem, NF-ResNet) keep XLA's forward and input gradient, which are fast enough, and take
-  their filter gradient from ``conv_cpu.conv2d_dense`` (batch-sliced im2col GEMMs in a scan).
+  their filter gradient from ``conv_cpu.conv2d_dense`` (im2col GEMMs over bands of output rows, in a scan).
   """
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
