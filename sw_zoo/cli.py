@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import sys
 
 USAGE = """usage: sw-zoo COMMAND [ARGS...]
@@ -40,6 +41,21 @@ commands:
 Run `sw-zoo COMMAND --help` for a command's options."""
 
 
+# Commands whose handler takes the remaining arguments: command -> (module, function).
+COMMANDS = {
+    "synthetic": ("data_prep.synthetic", "main"),
+    "models": ("sw_zoo.models.model_info", "main"),
+    "eval": ("sw_zoo.eval_cli", "main"),
+    "pareto": ("sw_zoo.pareto", "main"),
+    "tag": ("sw_zoo.tag_cli", "main"),
+    "export": ("sw_zoo.export", "main"),
+    "find-missing-tags": ("sw_zoo.curation.find_missing_cli", "main"),
+    "folds": ("sw_zoo.curation.folds_cli", "main"),
+    "index": ("sw_zoo.curation.search_cli", "index_main"),
+    "search": ("sw_zoo.curation.search_cli", "search_main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
@@ -52,48 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = ["sw-zoo train", *rest]
     train_main.run()
     return 0
-  if command == "synthetic":
-    from data_prep import synthetic
-
-    return synthetic.main(rest) or 0
   if command in ("prepare", "inspect"):
     from data_prep import __main__ as data_prep_main
 
     if command == "prepare" and (not rest or rest[0] in ("-h", "--help")):
       rest = ["--help"]  # `sw-zoo prepare --help` shows the source kinds.
     return data_prep_main.main(rest if command == "prepare" else ["inspect", *rest]) or 0
-  if command == "models":
-    from sw_zoo.models import model_info
-
-    return model_info.main(rest) or 0
-  if command == "eval":
-    from sw_zoo import eval_cli
-
-    return eval_cli.main(rest) or 0
-  if command == "pareto":
-    from sw_zoo import pareto
-
-    return pareto.main(rest) or 0
-  if command == "tag":
-    from sw_zoo import tag_cli
-
-    return tag_cli.main(rest) or 0
-  if command == "export":
-    from sw_zoo import export
-
-    return export.main(rest) or 0
-  if command == "find-missing-tags":
-    from sw_zoo.curation import find_missing_cli
-
-    return find_missing_cli.main(rest) or 0
-  if command == "folds":
-    from sw_zoo.curation import folds_cli
-
-    return folds_cli.main(rest) or 0
-  if command in ("index", "search"):
-    from sw_zoo.curation import search_cli
-
-    return (search_cli.index_main if command == "index" else search_cli.search_main)(rest) or 0
+  if command in COMMANDS:
+    # Each command's module is imported only when it runs (jax, torch, orbax load lazily).
+    module_name, function = COMMANDS[command]
+    return getattr(importlib.import_module(module_name), function)(rest) or 0
   print(f"sw-zoo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
   return 2
 

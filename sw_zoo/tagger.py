@@ -222,12 +222,21 @@ class Tagger:
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
-  def iter_outputs(self, sources: Iterable[Any], *, skip_errors: bool = False
-                   ) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, Exception | None]]:
-    """Streams (source, scores [num_tags], pooled features [embedding_dim], error) in input
-    order, for inputs too many to hold at once (a shard set, a large folder). With
-    `skip_errors`, an unreadable input yields (source, None, None, error) instead of raising."""
-    return self._stream(sources, skip_errors)
+  def iter_keyed(self, items: Iterable[tuple[Any, Any]], *, skip_errors: bool = False
+                 ) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, Exception | None]]:
+    """Streams (key, scores [num_tags], pooled features [embedding_dim], error) for (key, input)
+    pairs, in input order, for inputs too many to hold at once (a shard set, a large folder);
+    the key (a record id, a path, a description) comes back with the outputs of its input. With
+    `skip_errors`, an unreadable input yields (key, None, None, error) instead of raising."""
+    keys: collections.deque = collections.deque()
+
+    def sources():
+      for key, source in items:
+        keys.append(key)
+        yield source
+
+    for _, scores, pooled, error in self._stream(sources(), skip_errors):
+      yield keys.popleft(), scores, pooled, error
 
   def scores(self, inputs: Any) -> np.ndarray:
     """Raw sigmoid scores, float32 [N, num_tags] ([num_tags] for one input)."""

@@ -89,15 +89,7 @@ def build(tagger: Any, items: Iterable[tuple[dict[str, Any], Any]], out_dir: str
   Unreadable images are passed to `on_error` and left out. Returns index.json's contents."""
   descriptions: list[dict[str, Any]] = []
   vectors: list[np.ndarray] = []
-  pending: dict[int, dict[str, Any]] = {}
-
-  def sources():
-    for n, (description, source) in enumerate(items):
-      pending[n] = description
-      yield source
-
-  for n, (_, _, pooled, error) in enumerate(tagger.iter_outputs(sources(), skip_errors=True)):
-    description = pending.pop(n)
+  for description, _, pooled, error in tagger.iter_keyed(items, skip_errors=True):
     if error is not None:
       if on_error:
         on_error(description, error)

@@ -77,7 +77,7 @@ def _trained_on(tagger: Any) -> str | None:
   return os.path.abspath(data_dir) if data_dir else None
 
 
-def _predict(args: argparse.Namespace, split: str) -> split_data.Predictions:
+def _predict(args: argparse.Namespace, split: str, n: int) -> split_data.Predictions:
   from sw_zoo.pretrained import load_pretrained  # jax only when a model runs
 
   tagger = load_pretrained(args.model, batch_size=args.batch_size)
@@ -86,7 +86,6 @@ def _predict(args: argparse.Namespace, split: str) -> split_data.Predictions:
     raise ValueError(f"{args.model} was trained on {trained}'s train split: its predictions there are in-sample "
                      "and hide label errors. Check a held-out split, use cross-validation folds (see --help), "
                      "or pass --allow-in-sample")
-  n = int(split_data.read_dataset_info(args.data)["splits"][split]["num_examples"])
   out = os.path.join(args.out, "predictions")
   with _progress(n, f"predicting {split}", "img", not args.no_progress) as bar:
     return split_data.predict_split(tagger, args.data, split, out, model=tagger.bundle.path, progress=bar.update)
@@ -176,15 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_data.read_dataset_info(args.data)["splits"]
     if split_name not in splits:
       raise ValueError(f"{os.path.abspath(args.data)} has no split {split_name!r}; it has {sorted(splits)}")
+    num_images = int(splits[split_name]["num_examples"])
     if args.model:
-      predictions = [_predict(args, split_name)]
+      predictions = [_predict(args, split_name, num_images)]
       if args.predict_only:
         print(f"Wrote predictions for {len(predictions[0].ids)} images to {os.path.join(args.out, 'predictions')}")
         return 0
     else:
       predictions = [split_data.load_predictions(p) for p in args.predictions]
-    with _progress(int(split_data.read_dataset_info(args.data)["splits"][split_name]["num_examples"]),
-                   f"reading {split_name} labels", "img", not args.no_progress) as bar:
+    with _progress(num_images, f"reading {split_name} labels", "img", not args.no_progress) as bar:
       split = split_data.read_split_labels(args.data, split_name, progress=bar.update)
     rows, probs, cols = split_data.align(split, predictions)
     if args.categories:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain.python as grain
@@ -164,17 +164,10 @@ def predict_split(tagger: Any, data_dir: str, split: str, out_dir: str, *, model
     probs = np.lib.format.open_memmap(os.path.join(tmp, "probs.npy"), mode="w+", dtype=np.float32,
                                       shape=(n, len(tagger.tags)))
     ids = np.zeros(n, np.int64)
-    items = record_images(data_dir, split)
-    id_of: dict[int, int] = {}
-
-    def images() -> Iterable[bytes]:
-      for row, (record_id, _, image) in enumerate(items):
-        id_of[row] = record_id
-        yield image
-
-    for row, (_, scores, _, _) in enumerate(tagger.iter_outputs(images())):
+    items = ((record_id, image) for record_id, _, image in record_images(data_dir, split))
+    for row, (record_id, scores, _, _) in enumerate(tagger.iter_keyed(items)):
       probs[row] = scores
-      ids[row] = id_of.pop(row)
+      ids[row] = record_id
       if progress:
         progress(1)
     probs.flush()
