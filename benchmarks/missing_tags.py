@@ -71,10 +71,11 @@ def main() -> None:
   r = summary["dropped_tag_recovery"]
 
   # Baseline from the same held-out probabilities: every absent tag the model calls present.
-  from sw_zoo.curation import split_data
+  from sw_zoo.curation import predictions as predictions_lib
+  from sw_zoo.curation import split_labels
 
-  split = split_data.read_split_labels(data, "train")
-  rows, probs, cols = split_data.align(split, [split_data.load_predictions(p) for p in predictions])
+  split = split_labels.read_split_labels(data, "train")
+  rows, probs, cols = predictions_lib.align(split, [predictions_lib.load_predictions(p) for p in predictions])
   given = split.labels.dense(rows, cols)
   truth = split.dropped.dense(rows, cols)
   naive = (probs[0:len(rows)] >= 0.5) & ~given

@@ -122,7 +122,9 @@ def bench_jax(args, images_u8, labels):
 
 
 def bench_torch(args, images_u8, labels):
-  from sw_zoo.models.timm_compat import import_timm
+  # The timm import shim is test support, not library code: it lives in tests/.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from tests.timm_compat import import_timm
 
   timm = import_timm()
   import torch

@@ -11,7 +11,7 @@ shardings, state donated) on a 1x1 mesh over jax.devices()[:1]. Candidates run t
 the same global batch on all 8 devices:
 
   dp8           mesh data=8 x fsdp=1; batch split 8 ways; params, optimizer state replicated
-  fsdp2         mesh data=4 x fsdp=2; params and optimizer state split by partitioning.FSDP_RULES
+  fsdp2         mesh data=4 x fsdp=2; params and optimizer state split by sharding.FSDP_RULES
   fsdp8         mesh data=1 x fsdp=8; likewise
   dp8_zero      dp8 with the optimizer state (not the params) split over both axes by the
                 FSDP_RULES' dimensions (ZeRO-1: each device updates 1/8 of the moments; the
@@ -79,15 +79,13 @@ from sw_zoo import sharding  # noqa: E402
 from sw_zoo.models import create_model, partitioning  # noqa: E402
 from sw_zoo.train import losses, optimizer, steps  # noqa: E402
 
-try:  # the trainer's own state -> shardings mapping, where this checkout has it
-  from sw_zoo.train import state_sharding  # noqa: E402
-except ImportError:
-  state_sharding = None
+# The trainer's own state -> shardings mapping, where this checkout has it.
+state_shardings_of = getattr(sharding, "state_shardings", None)
 
 TARGET = 1.1
 NUM_TAGS = 65  # the synthetic dataset's vocabulary
 # FSDP_RULES' dimension choices, but over both mesh axes: for the ZeRO-1 optimizer state.
-ZERO_RULES = tuple((name, sharding.BATCH_AXES if axis == "fsdp" else axis) for name, axis in partitioning.FSDP_RULES)
+ZERO_RULES = tuple((name, sharding.BATCH_AXES if axis == "fsdp" else axis) for name, axis in sharding.FSDP_RULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,15 +106,15 @@ class Variant:
 _ONE = (("data", 1), ("fsdp", 1))
 _DP8 = (("data", 8), ("fsdp", 1))
 VARIANTS = {
-    "single": Variant(_ONE, partitioning.DATA_PARALLEL_RULES),
-    "dp8": Variant(_DP8, partitioning.DATA_PARALLEL_RULES),
-    "fsdp2": Variant((("data", 4), ("fsdp", 2)), partitioning.FSDP_RULES),
-    "fsdp8": Variant((("data", 1), ("fsdp", 8)), partitioning.FSDP_RULES),
-    "dp8_zero": Variant(_DP8, partitioning.DATA_PARALLEL_RULES, opt=ZERO_RULES),
-    "floor8": Variant(_ONE, partitioning.DATA_PARALLEL_RULES, split=8, judged=False),
-    "dp8_nocomm": Variant(_DP8, partitioning.DATA_PARALLEL_RULES, local=True, judged=False),
-    "dp8_nodonate": Variant(_DP8, partitioning.DATA_PARALLEL_RULES, donate=False, judged=False),
-    "single_nodonate": Variant(_ONE, partitioning.DATA_PARALLEL_RULES, donate=False, judged=False),
+    "single": Variant(_ONE, sharding.DATA_PARALLEL_RULES),
+    "dp8": Variant(_DP8, sharding.DATA_PARALLEL_RULES),
+    "fsdp2": Variant((("data", 4), ("fsdp", 2)), sharding.FSDP_RULES),
+    "fsdp8": Variant((("data", 1), ("fsdp", 8)), sharding.FSDP_RULES),
+    "dp8_zero": Variant(_DP8, sharding.DATA_PARALLEL_RULES, opt=ZERO_RULES),
+    "floor8": Variant(_ONE, sharding.DATA_PARALLEL_RULES, split=8, judged=False),
+    "dp8_nocomm": Variant(_DP8, sharding.DATA_PARALLEL_RULES, local=True, judged=False),
+    "dp8_nodonate": Variant(_DP8, sharding.DATA_PARALLEL_RULES, donate=False, judged=False),
+    "single_nodonate": Variant(_ONE, sharding.DATA_PARALLEL_RULES, donate=False, judged=False),
 }
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -161,9 +159,9 @@ def state_shardings(abstract_state, model, tx, mesh, variant: Variant, image_siz
   boxed = partitioning.abstract_params(model, (1, image_size, image_size, 3))
 
   def place(rules):
-    param_sh = partitioning.param_shardings(boxed, mesh, rules)
-    if state_sharding is not None:
-      return state_sharding.state_shardings(abstract_state, param_sh, mesh)
+    param_sh = sharding.param_shardings(boxed, mesh, rules)
+    if state_shardings_of is not None:
+      return state_shardings_of(abstract_state, param_sh, mesh)
     # optax.tree_map_params finds the leaves of each optimizer state that mirror the params.
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, param_sh,
                                    transform_non_params=lambda _: repl)

@@ -9,7 +9,7 @@ long side, several aspect ratios, quality 90) are written to a temp folder. Both
 whole job on every image: decode (`image_io.load_image`) + `preprocess_eval` on the same number
 of threads, the forward pass in batches of --batch-size, thresholds and a caption file per image.
 
-  sw-zoo tag   `tag_cli.tag_files` with a warmed-up Tagger (jit compiled beforehand; the cold
+  sw-zoo tag   `captions.tag_files` with a warmed-up Tagger (jit compiled beforehand; the cold
                figure, model load + compile included, is printed separately)
   onnxruntime  the exported model.onnx in an InferenceSession (CPUExecutionProvider), fed BGR
                float32 as WD-tagger tools do, with the same decode threads and caption writing
@@ -37,10 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from sw_zoo import bundle as bundle_lib  # noqa: E402
-from sw_zoo import captions, cli, onnx_export, tag_cli  # noqa: E402
+from sw_zoo.inference import bundle as bundle_lib  # noqa: E402
+from sw_zoo import cli  # noqa: E402
+from sw_zoo.inference import captions  # noqa: E402
+from sw_zoo.inference import onnx_export  # noqa: E402
 from sw_zoo.data import vocab as vocab_lib  # noqa: E402
-from sw_zoo.tagger import Tagger  # noqa: E402
+from sw_zoo.inference.tagger import Tagger  # noqa: E402
 
 SHAPES = ((1200, 900), (900, 1200), (1024, 1024), (1200, 800), (800, 1200), (1100, 1100))  # (h, w)
 
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
 
     results = {"sw-zoo tag (JAX)": [], "onnxruntime CPU": []}
     for _ in range(args.rounds):
-      results["sw-zoo tag (JAX)"].append(_timed(lambda: tag_cli.tag_files(tagger, files, style, progress=False)))
+      results["sw-zoo tag (JAX)"].append(_timed(lambda: captions.tag_files(tagger, files, style, show_progress=False)))
       holder = {}
       results["onnxruntime CPU"].append(_timed(lambda: holder.update(s=run_onnxruntime(
           session, tagger, files, style, args.batch_size, args.workers))))

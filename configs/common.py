@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sw_zoo.data.augment import SPEC_DEFAULTS
+from sw_zoo.data.augment_spec import SPEC_DEFAULTS
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Params, optimizer state and EMA: "replicated" (data parallel) or "fsdp" (split over the
   # 'fsdp' mesh axis by the models' logical-axis rules; gathered per layer on use).
   c.param_sharding = "replicated"
+  # Rules as data: pairs (logical param axis, mesh axis or None) in priority order that replace
+  # param_sharding's rule set when non-empty (sw_zoo.sharding.RULE_SETS shows the built-in ones),
+  # e.g. --config.sharding_rules="(('conv_out','fsdp'),('tags','fsdp'))".
+  c.sharding_rules = ()
   c.batch_size = 1024  # global, across all hosts and devices
   # Duration: total_steps when > 0, else total_epochs over the train split.
   c.total_steps = 0

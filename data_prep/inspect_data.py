@@ -21,11 +21,7 @@ from data_prep.convert import REPORT_FILENAME
 from sw_zoo.data import contact_sheet
 from sw_zoo.data.dataset_info import SELECTED_TAGS_FILENAME, read_dataset_info, split_paths
 from sw_zoo.data.records import decode_image, decode_record
-from sw_zoo.data.vocab import CATEGORY_NAMES, TagVocab, read_selected_tags
-
-
-def _category_name(code: int) -> str:
-  return CATEGORY_NAMES.get(int(code), str(int(code)))
+from sw_zoo.data.vocab import TagVocab, category_name, read_selected_tags
 
 
 def _split_source(data_dir: str, split: str, info: dict):
@@ -61,8 +57,8 @@ def inspect(data_dir: str | os.PathLike, *, samples: int = 16, out: str | None =
   for code in sorted(set(vocab.categories.tolist()), key=lambda c: (c != 9, c != 0, c != 4, c)):
     idx = vocab.category_indices(code)
     occurrences = int(vocab.counts[idx].sum())
-    stats["categories"][_category_name(code)] = {"tags": len(idx), "occurrences": occurrences}
-    print(f"  {_category_name(code):<12} {len(idx):>7} tags  {occurrences:>10} occurrences")
+    stats["categories"][category_name(code)] = {"tags": len(idx), "occurrences": occurrences}
+    print(f"  {category_name(code):<12} {len(idx):>7} tags  {occurrences:>10} occurrences")
 
   ratings = vocab.category_indices(9)
   if len(ratings):
@@ -100,7 +96,7 @@ def inspect(data_dir: str | os.PathLike, *, samples: int = 16, out: str | None =
       for i in range(len(source)):
         labels = decode_record(source[i])["labels"]
         total += len(labels)
-        per_category.update(_category_name(c) for c in vocab.categories[labels])
+        per_category.update(category_name(c) for c in vocab.categories[labels])
       mean = total / max(len(source), 1)
       stats["scan"][name] = {"mean_labels": mean, **per_category}
       print(f"  {name:<12} {mean:6.2f} labels/image  " +

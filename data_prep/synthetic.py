@@ -20,7 +20,6 @@ presence marks a complete dataset.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import io
 import logging
@@ -35,6 +34,7 @@ from PIL import Image
 
 from data_prep.synthetic_scene import (CHARACTER_TAGS, GENERAL_TAGS, RATING_TAGS, rating_of,
                                        render_scene)
+from sw_zoo import progress
 from sw_zoo.data.dataset_info import (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME,
                                       read_dataset_info, write_dataset_info)
 from sw_zoo.data.records import encode_record
@@ -112,6 +112,65 @@ def _generator_args(num_train, num_val, image_size, seed, drop_tag_fraction, sha
           "drop_tag_fraction": drop_tag_fraction, "shard_size": shard_size}
 
 
+def _reuse_existing(out_dir: str, args: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+  """The info of a complete dataset made with `args` in `out_dir` (nothing to do), else None. A
+  complete dataset made otherwise is un-marked when `overwrite`, otherwise FileExistsError."""
+  info_path = os.path.join(out_dir, DATASET_INFO_FILENAME)
+  if not os.path.exists(info_path):
+    return None
+  try:
+    existing = read_dataset_info(out_dir)
+    problem = f"a dataset made with {existing.get('generator')}, not {args}"
+  except (ValueError, FileNotFoundError) as e:
+    existing, problem = None, f"an invalid dataset ({e})"
+  if existing is not None and existing.get("generator") == args:
+    log.info("%s already holds a complete synthetic dataset with these arguments; "
+             "nothing to do", out_dir)
+    return existing
+  if not overwrite:
+    raise FileExistsError(f"{out_dir} already holds {problem}; pass overwrite=True "
+                          "(--overwrite) or choose another directory")
+  # Un-mark the directory first: from here until the new dataset.json it is incomplete.
+  os.remove(info_path)
+  return None
+
+
+def _write_splits(out_dir: str, config: _Config, sizes: dict[str, int], shard_size: int,
+                  workers: int, show_progress: bool) -> tuple[dict, np.ndarray]:
+  """Renders and writes every split's shards; -> (dataset.json "splits", train tag counts)."""
+  counts = np.zeros(len(_VOCAB), np.int64)
+  splits_info = {}
+
+  def tasks(split_id: int) -> Iterator[tuple[int, int]]:
+    return ((split_id, i) for i in range(sizes[SPLITS[split_id]]))
+
+  pool = None
+  if workers > 1:
+    # spawn, not fork: the trainer calls this from a process that has JAX's threads running.
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config,))
+  else:
+    _init_worker(config)
+  try:
+    with progress.bar(sum(sizes.values()), "synthetic", unit="img", enabled=show_progress) as bar:
+      for split_id, split in enumerate(SPLITS):
+        if pool is not None:
+          results = pool.imap(_encoded_example, tasks(split_id), chunksize=32)
+        else:
+          results = map(_encoded_example, tasks(split_id))
+        with ShardWriter(out_dir, split, shard_size) as writer:
+          for raw, labels in results:
+            writer.write(raw)
+            if split == "train":
+              counts[labels] += 1
+            bar.update(1)
+        splits_info[split] = {"num_examples": sizes[split], "shards": writer.filenames}
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+  return splits_info, counts
+
+
 def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: int = 1_000,
              image_size: int = 128, seed: int = 0, drop_tag_fraction: float = 0.0,
              shard_size: int = 2_000, workers: int | None = None, overwrite: bool = False,
@@ -136,64 +195,18 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
     raise ValueError(f"shard_size must be positive, got {shard_size}")
   args = _generator_args(num_train, num_val, image_size, seed, float(drop_tag_fraction),
                          shard_size)
-
-  info_path = os.path.join(out_dir, DATASET_INFO_FILENAME)
-  if os.path.exists(info_path):
-    try:
-      existing = read_dataset_info(out_dir)
-      problem = f"a dataset made with {existing.get('generator')}, not {args}"
-    except (ValueError, FileNotFoundError) as e:
-      existing, problem = None, f"an invalid dataset ({e})"
-    if existing is not None and existing.get("generator") == args:
-      log.info("%s already holds a complete synthetic dataset with these arguments; "
-               "nothing to do", out_dir)
-      return existing
-    if not overwrite:
-      raise FileExistsError(f"{out_dir} already holds {problem}; pass overwrite=True "
-                            "(--overwrite) or choose another directory")
-    # Un-mark the directory first: from here until the new dataset.json it is incomplete.
-    os.remove(info_path)
+  existing = _reuse_existing(out_dir, args, overwrite)
+  if existing is not None:
+    return existing
   os.makedirs(out_dir, exist_ok=True)
   for leftover in glob.glob(os.path.join(out_dir, "*.array_record.tmp")):
     os.remove(leftover)
 
   workers = (os.cpu_count() or 1) if workers is None else workers
-  config = _Config(seed, image_size, float(drop_tag_fraction))
-  sizes = {"train": num_train, "validation": num_val}
-  counts = np.zeros(len(_VOCAB), np.int64)
-  splits_info = {}
   start = time.perf_counter()
-
-  def tasks(split_id: int) -> Iterator[tuple[int, int]]:
-    return ((split_id, i) for i in range(sizes[SPLITS[split_id]]))
-
-  pool = None
-  if workers > 1:
-    # spawn, not fork: the trainer calls this from a process that has JAX's threads running.
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (config,))
-  else:
-    _init_worker(config)
-  try:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    with tqdm(total=num_train + num_val, desc="synthetic", unit="img",
-              disable=not progress) as bar:
-      for split_id, split in enumerate(SPLITS):
-        if pool is not None:
-          results = pool.imap(_encoded_example, tasks(split_id), chunksize=32)
-        else:
-          results = map(_encoded_example, tasks(split_id))
-        with ShardWriter(out_dir, split, shard_size) as writer:
-          for raw, labels in results:
-            writer.write(raw)
-            if split == "train":
-              counts[labels] += 1
-            bar.update(1)
-        splits_info[split] = {"num_examples": sizes[split], "shards": writer.filenames}
-  finally:
-    if pool is not None:
-      pool.terminate()
-      pool.join()
-
+  splits_info, counts = _write_splits(out_dir, _Config(seed, image_size, float(drop_tag_fraction)),
+                                      {"train": num_train, "validation": num_val}, shard_size,
+                                      workers, show_progress=progress)
   write_selected_tags(os.path.join(out_dir, SELECTED_TAGS_FILENAME),
                       tag_vocab(dict(zip(_VOCAB.names, counts.tolist()))))
   info = write_dataset_info(out_dir, {
@@ -210,41 +223,8 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
   return info
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m data_prep.synthetic",
-      description=("Generate the built-in synthetic booru-like tagging dataset (shapes on "
-                   "backgrounds, %d tags: 4 ratings, %d general, %d characters) as ArrayRecord "
-                   "shards + selected_tags.csv + dataset.json. Deterministic for a seed; rerunning "
-                   "with the same arguments is a no-op."
-                   % (len(_VOCAB), len(GENERAL_TAGS), len(CHARACTER_TAGS))))
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--num-train", type=int, default=10_000, help="training images (10000)")
-  parser.add_argument("--num-val", type=int, default=1_000, help="validation images (1000)")
-  parser.add_argument("--image-size", type=int, default=128, help="image side in pixels (128)")
-  parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-  parser.add_argument("--drop-tag-fraction", type=float, default=0.0,
-                      help="probability of removing each true non-rating tag from a TRAIN "
-                           "image's labels, to simulate missing labels; removed tags are kept in "
-                           "the record's 'dropped' field; validation stays clean (0.0)")
-  parser.add_argument("--shard-size", type=int, default=2_000, help="records per shard (2000)")
-  parser.add_argument("--workers", type=int, default=None,
-                      help="worker processes (default: CPU count; 1 = in-process)")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="replace an existing dataset made with different arguments")
-  parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  try:
-    generate(args.out, num_train=args.num_train, num_val=args.num_val,
-             image_size=args.image_size, seed=args.seed,
-             drop_tag_fraction=args.drop_tag_fraction, shard_size=args.shard_size,
-             workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
-  except (FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
 if __name__ == "__main__":
+  # `python -m data_prep.synthetic`: the documented entry point; the command lives in the CLI.
+  from sw_zoo.cli.synthetic import main
+
   sys.exit(main())

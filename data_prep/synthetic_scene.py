@@ -3,8 +3,8 @@
 Every tag is a visible property that survives the training augmentation (horizontal flip and a
 small translation): positions are described vertically only, objects are kept clear of the image
 edges and of zone boundaries, object colours always contrast with the background, and size
-classes are separated by gaps. Sampling weights within each tag group fall off like Zipf's law,
-which gives the long tail of a real booru.
+classes are separated by gaps. The tags and how often each is drawn are in
+data_prep/synthetic_tags.py.
 
 `render_scene(rng, image_size)` is a pure function of the generator state.
 """
@@ -18,79 +18,22 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from data_prep.synthetic_tags import (BACKGROUND_KINDS, BACKGROUND_P, CENTER_HALF_WIDTH,
+                                      CHARACTER_P, CHARACTER_PROBABILITY, CHARACTER_TAGS, COLOR_P,
+                                      COLORS, COUNT_TAGS, COUNT_WEIGHTS, GENERAL_TAGS, LOWER_MIN_Y,
+                                      MAX_OBJECTS, MISC_PROBABILITIES, MONOCHROME_COLORS,
+                                      PLAIN_BACKGROUNDS, POSITION_TAGS, RATING_TAGS, SHAPE_P, SHAPES,
+                                      SIZE_RANGES, SIZE_TAGS, SIZE_WEIGHTS, UPPER_MAX_Y,
+                                      ZONE_WEIGHTS)
 
-# ---------------------------------------------------------------------------------------------
-# Tag table. Within each group the order is the sampling rank: weights fall off like Zipf's law,
-# which gives the long tail of a real booru.
+# The vocabulary is imported from here by data_prep.synthetic.
+__all__ = ["CHARACTER_TAGS", "GENERAL_TAGS", "RATING_TAGS", "Scene", "rating_of", "render_scene"]
 
-RATING_TAGS = ("general", "sensitive", "questionable", "explicit")
-
-SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "diamond_(shape)",
-          "hexagon", "arrow_(symbol)", "crescent", "semicircle")
-
-# Saturated object colours, chosen to stay distinguishable after JPEG compression.
-COLORS = {
-    "white": (248, 248, 248), "black": (18, 18, 18), "red": (220, 30, 30),
-    "blue": (30, 70, 225), "yellow": (250, 215, 20), "green": (30, 165, 50),
-    "grey": (128, 128, 128), "pink": (255, 120, 190), "purple": (135, 45, 185),
-    "orange": (255, 135, 0), "brown": (125, 75, 30), "cyan": (0, 205, 225),
-}
-COLOR_TAGS = tuple(f"{c}_object" for c in COLORS)
-MONOCHROME_COLORS = ("white", "black", "grey")
-
-# Object size = longest side of the object's box as a fraction of the image side; the gaps
-# between classes keep the tags unambiguous.
-SIZE_RANGES = {"small_object": (0.16, 0.23), "medium_object": (0.27, 0.34),
-               "large_object": (0.38, 0.47)}
-SIZE_TAGS = tuple(SIZE_RANGES)
-# P(size class | number of objects): crowded images get smaller objects.
-_SIZE_WEIGHTS = {1: (0.2, 0.35, 0.45), 2: (0.3, 0.4, 0.3), 3: (0.45, 0.4, 0.15),
-                 4: (0.55, 0.35, 0.1), 5: (0.7, 0.27, 0.03), 6: (0.8, 0.2, 0.0)}
-
-MAX_OBJECTS = 6
-COUNT_TAGS = tuple("1object" if n == 1 else f"{n}objects" for n in range(1, MAX_OBJECTS + 1))
-_COUNT_WEIGHTS = (0.38, 0.26, 0.16, 0.10, 0.06, 0.04)
-
-BACKGROUND_KINDS = ("white_background", "gradient_background", "grey_background",
-                    "colored_background", "striped_background", "black_background",
-                    "polka_dot_background", "checkered_background", "noisy_background")
-PLAIN_BACKGROUNDS = ("white_background", "grey_background", "colored_background",
-                     "black_background")
-BACKGROUND_TAGS = BACKGROUND_KINDS + ("simple_background",)  # simple = any plain colour.
+# Background colours for the pastel kinds.
 PASTELS = ((190, 215, 245), (245, 200, 215), (200, 235, 200), (250, 240, 185), (220, 205, 240),
            (250, 220, 190), (195, 240, 240))
-
-# Vertical zones of object centres (fractions of the side). Centres never fall in the gaps, so a
-# small translation cannot move an object across a boundary; left/right is not tagged because
-# training flips images horizontally.
-POSITION_TAGS = ("upper_object", "lower_object", "centered_object")
-_UPPER_MAX_Y, _LOWER_MIN_Y, _CENTER_HALF_WIDTH = 0.40, 0.60, 0.06
-_ZONE_WEIGHTS = (0.42, 0.42, 0.16)
 _EDGE_MARGIN = 0.05  # Objects stay this far from the image edge (the border frame sits there).
 _OBJECT_GAP = 0.035  # Minimum gap between boxes of objects that must not overlap.
-
-MISC_TAGS = ("outline", "overlapping_objects", "border", "drop_shadow", "monochrome",
-             "greyscale", "sparkle", "signature", "watermark")
-_MISC_PROBABILITIES = {"outline": 0.16, "overlapping_objects": 0.14, "border": 0.10,
-                       "drop_shadow": 0.08, "monochrome": 0.06, "sparkle": 0.045,
-                       "signature": 0.05, "watermark": 0.03}
-
-CHARACTER_TAGS = ("smiley_face", "house", "tree", "flower", "snowman", "traffic_light")
-_CHARACTER_PROBABILITY = 0.10
-
-GENERAL_TAGS = (SHAPES + COLOR_TAGS + SIZE_TAGS + COUNT_TAGS + POSITION_TAGS + BACKGROUND_TAGS
-                + MISC_TAGS)
-
-
-def _zipf(n: int, exponent: float = 1.0) -> np.ndarray:
-  weights = 1.0 / np.arange(1, n + 1) ** exponent
-  return weights / weights.sum()
-
-
-_SHAPE_P = _zipf(len(SHAPES), 1.4)
-_COLOR_P = _zipf(len(COLORS), 1.3)
-_BACKGROUND_P = _zipf(len(BACKGROUND_KINDS), 0.9)
-_CHARACTER_P = _zipf(len(CHARACTER_TAGS), 1.0)
 
 # ---------------------------------------------------------------------------------------------
 # Geometry. Shapes are drawn from "layers": (rgb or None for the object colour, [ops]); an op is
@@ -384,11 +327,11 @@ def _overlap_fraction(a: _Placed, b: _Placed) -> float:
 # Scene sampling.
 
 def _zone_of(cx: float, cy: float) -> str | None:
-  if abs(cx - 0.5) <= _CENTER_HALF_WIDTH and abs(cy - 0.5) <= _CENTER_HALF_WIDTH:
+  if abs(cx - 0.5) <= CENTER_HALF_WIDTH and abs(cy - 0.5) <= CENTER_HALF_WIDTH:
     return "centered_object"
-  if cy <= _UPPER_MAX_Y:
+  if cy <= UPPER_MAX_Y:
     return "upper_object"
-  if cy >= _LOWER_MIN_Y:
+  if cy >= LOWER_MIN_Y:
     return "lower_object"
   return None
 
@@ -396,8 +339,8 @@ def _zone_of(cx: float, cy: float) -> str | None:
 def _sample_centre(zone: str, side: float, rng: np.random.Generator):
   lo, hi = _EDGE_MARGIN + side / 2, 1 - _EDGE_MARGIN - side / 2
   if zone == "centered_object":
-    return tuple(0.5 + rng.uniform(-_CENTER_HALF_WIDTH, _CENTER_HALF_WIDTH, size=2))
-  y_lo, y_hi = (lo, _UPPER_MAX_Y) if zone == "upper_object" else (_LOWER_MIN_Y, hi)
+    return tuple(0.5 + rng.uniform(-CENTER_HALF_WIDTH, CENTER_HALF_WIDTH, size=2))
+  y_lo, y_hi = (lo, UPPER_MAX_Y) if zone == "upper_object" else (LOWER_MIN_Y, hi)
   if y_lo > y_hi:
     return None
   return float(rng.uniform(lo, hi)), float(rng.uniform(y_lo, y_hi))
@@ -415,7 +358,7 @@ def _in_bounds(cx: float, cy: float, side: float) -> bool:
 
 def _choose_color(rng, references, allowed: tuple[str, ...], grey: bool) -> str | None:
   names = [n for n in COLORS if n in allowed]
-  p = np.array([_COLOR_P[list(COLORS).index(n)] for n in names])
+  p = np.array([COLOR_P[list(COLORS).index(n)] for n in names])
   ok = [_contrasts(_to_grey(COLORS[n]) if grey else COLORS[n], references) for n in names]
   p = p * np.array(ok, dtype=np.float64)
   if p.sum() == 0:
@@ -443,7 +386,7 @@ def _place_object(rng, kind, is_character, color, layers, size_index, placed, ov
         if zone is None or not _in_bounds(cx, cy, side):
           continue
       else:
-        zone = POSITION_TAGS[int(rng.choice(3, p=_ZONE_WEIGHTS))]
+        zone = POSITION_TAGS[int(rng.choice(3, p=ZONE_WEIGHTS))]
         centre = _sample_centre(zone, side, rng)
         if centre is None:
           continue
@@ -471,13 +414,27 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
   return ImageFont.load_default(size=size)
 
 
-def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
-  """Draws one image and returns it with its true tags (everything but the rating)."""
-  canvas_side = 2 * image_size
-  tags: set[str] = set()
+# ---------------------------------------------------------------------------------------------
+# Rendering, step by step. Every step draws from `rng` in a fixed order, so a scene is a pure
+# function of the generator state; steps that draw something add its tags to `tags`.
 
-  monochrome = rng.random() < _MISC_PROBABILITIES["monochrome"]
-  background_p = _BACKGROUND_P.copy()
+def _contrasting_ink(references, extra=()):
+  """Black or white, whichever stands out more against the background (and `extra`)."""
+  candidates = ((18, 18, 18), (245, 245, 245))
+  score = lambda c: min(_distance(c, r) for r in list(references) + list(extra))  # noqa
+  return max(candidates, key=score)
+
+
+class _Backdrop(NamedTuple):
+  kind: str
+  canvas: np.ndarray  # uint8 RGB at canvas resolution; later steps paint on it in place.
+  references: list  # Colours objects must contrast with (greyed for a monochrome image).
+  monochrome: bool
+
+
+def _draw_background(rng: np.random.Generator, canvas_side: int, tags: set[str]) -> _Backdrop:
+  monochrome = rng.random() < MISC_PROBABILITIES["monochrome"]
+  background_p = BACKGROUND_P.copy()
   if monochrome:  # A grey image cannot show a coloured background.
     background_p[BACKGROUND_KINDS.index("colored_background")] = 0
     background_p /= background_p.sum()
@@ -489,54 +446,69 @@ def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
   tags.add(background)
   if background in PLAIN_BACKGROUNDS:
     tags.add("simple_background")
-  dark_background = np.mean(references) < 80
+  return _Backdrop(background, canvas, references, monochrome)
 
-  def contrasting_ink(extra=()):
-    """Black or white, whichever stands out more against the background (and `extra`)."""
-    candidates = ((18, 18, 18), (245, 245, 245))
-    score = lambda c: min(_distance(c, r) for r in list(references) + list(extra))  # noqa
-    return max(candidates, key=score)
 
-  # Border frame, inside the edge margin objects keep clear of.
-  if rng.random() < _MISC_PROBABILITIES["border"]:
-    width = max(2, int(round(0.03 * canvas_side)))
-    ink = contrasting_ink()
+def _draw_border(rng: np.random.Generator, backdrop: _Backdrop, tags: set[str]) -> None:
+  """A frame inside the edge margin objects keep clear of."""
+  if rng.random() < MISC_PROBABILITIES["border"]:
+    canvas = backdrop.canvas
+    width = max(2, int(round(0.03 * canvas.shape[0])))
+    ink = _contrasting_ink(backdrop.references)
     canvas[:width], canvas[-width:] = ink, ink
     canvas[:, :width], canvas[:, -width:] = ink, ink
     tags.add("border")
 
-  # Objects.
-  num_objects = int(rng.choice(MAX_OBJECTS, p=_COUNT_WEIGHTS)) + 1
-  want_overlap = num_objects >= 2 and rng.random() < _MISC_PROBABILITIES["overlapping_objects"]
-  want_outline = rng.random() < _MISC_PROBABILITIES["outline"]
-  want_shadow = (not dark_background) and rng.random() < _MISC_PROBABILITIES["drop_shadow"]
-  character = None
-  if rng.random() < _CHARACTER_PROBABILITY:
-    candidates = [c for c in CHARACTER_TAGS
-                  if _contrasts(_CHARACTER_LAYERS[c][0][0], references) and not monochrome]
-    if candidates:
-      p = np.array([_CHARACTER_P[CHARACTER_TAGS.index(c)] for c in candidates])
-      character = candidates[int(rng.choice(len(candidates), p=p / p.sum()))]
 
-  allowed_colors = MONOCHROME_COLORS if monochrome else tuple(COLORS)
+class _ObjectPlan(NamedTuple):
+  num_objects: int
+  want_overlap: bool
+  want_outline: bool
+  want_shadow: bool
+  character: str | None  # Drawn as the first object.
+
+
+def _plan_objects(rng: np.random.Generator, backdrop: _Backdrop) -> _ObjectPlan:
+  """How many objects, which optional effects, and whether one is a character."""
+  dark_background = np.mean(backdrop.references) < 80
+  num_objects = int(rng.choice(MAX_OBJECTS, p=COUNT_WEIGHTS)) + 1
+  want_overlap = num_objects >= 2 and rng.random() < MISC_PROBABILITIES["overlapping_objects"]
+  want_outline = rng.random() < MISC_PROBABILITIES["outline"]
+  want_shadow = (not dark_background) and rng.random() < MISC_PROBABILITIES["drop_shadow"]
+  character = None
+  if rng.random() < CHARACTER_PROBABILITY:
+    candidates = [c for c in CHARACTER_TAGS
+                  if _contrasts(_CHARACTER_LAYERS[c][0][0], backdrop.references)
+                  and not backdrop.monochrome]
+    if candidates:
+      p = np.array([CHARACTER_P[CHARACTER_TAGS.index(c)] for c in candidates])
+      character = candidates[int(rng.choice(len(candidates), p=p / p.sum()))]
+  return _ObjectPlan(num_objects, want_overlap, want_outline, want_shadow, character)
+
+
+def _place_objects(rng: np.random.Generator, plan: _ObjectPlan,
+                   backdrop: _Backdrop) -> tuple[list[_Placed], bool]:
+  """Chooses and positions the objects; -> (placed objects, whether an overlap was staged)."""
+  canvas_side = backdrop.canvas.shape[0]
+  allowed_colors = MONOCHROME_COLORS if backdrop.monochrome else tuple(COLORS)
   placed: list[_Placed] = []
   overlapped = False
-  for k in range(num_objects):
-    is_character = k == 0 and character is not None
+  for k in range(plan.num_objects):
+    is_character = k == 0 and plan.character is not None
     if is_character:
-      kind, color, layers = character, None, _CHARACTER_LAYERS[character]
+      kind, color, layers = plan.character, None, _CHARACTER_LAYERS[plan.character]
       size_p = np.array([0.0, 0.5, 0.5])
     else:
-      kind = SHAPES[int(rng.choice(len(SHAPES), p=_SHAPE_P))]
-      color = _choose_color(rng, references, allowed_colors, monochrome)
+      kind = SHAPES[int(rng.choice(len(SHAPES), p=SHAPE_P))]
+      color = _choose_color(rng, backdrop.references, allowed_colors, backdrop.monochrome)
       if color is None:
         continue
       layers = _shape_layers(kind, rng)
-      size_p = np.array(_SIZE_WEIGHTS[num_objects])
+      size_p = np.array(SIZE_WEIGHTS[plan.num_objects])
     size_index = int(rng.choice(3, p=size_p / size_p.sum()))
     # Overlap is staged between the second object and the first; if that cannot be arranged
     # the object is placed normally and the image is simply not tagged overlapping.
-    stage_overlap = want_overlap and k == 1 and bool(placed)
+    stage_overlap = plan.want_overlap and k == 1 and bool(placed)
     done = None
     for overlap_with in ([placed[0], None] if stage_overlap else [None]):
       done = _place_object(rng, kind, is_character, color, layers, size_index, placed,
@@ -545,20 +517,25 @@ def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
         placed.append(done)
         overlapped |= overlap_with is not None
         break
+  return placed, overlapped
 
-  # Paint: each object's shadow, outline, then fill layers.
-  outline_px = max(2, int(round(0.022 * canvas_side)))
-  shadow_px = max(2, int(round(0.03 * canvas_side)))
+
+def _paint_objects(rng: np.random.Generator, plan: _ObjectPlan, backdrop: _Backdrop,
+                   placed: list[_Placed]) -> tuple[bool, bool]:
+  """Paints each object's shadow, outline, then fill layers; -> (outlined, shadowed)."""
+  canvas, references = backdrop.canvas, backdrop.references
+  outline_px = max(2, int(round(0.022 * canvas.shape[0])))
+  shadow_px = max(2, int(round(0.03 * canvas.shape[0])))
   outlined = shadowed = False
   for p in placed:
     obj = p.obj
     fill = (COLORS[obj.color] if obj.color else None)
-    if want_shadow:
+    if plan.want_shadow:
       _paint(canvas, p.x0 + shadow_px, p.y0 + shadow_px, p.union,
              lambda px: (px.astype(np.uint16) * 5 // 10).astype(np.uint8))
       shadowed = True
-    if want_outline and not obj.is_character:
-      ink = contrasting_ink(extra=[fill])
+    if plan.want_outline and not obj.is_character:
+      ink = _contrasting_ink(references, extra=[fill])
       if _contrasts(ink, [fill]) and _contrasts(ink, references):
         _paint(canvas, p.x0 - outline_px, p.y0 - outline_px, _dilate(p.union, outline_px), ink)
         outlined = True
@@ -566,56 +543,65 @@ def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
       rgb = layer_rgb if layer_rgb is not None else fill
       jitter = rng.integers(-8, 9, size=3) if layer_rgb is None else 0
       _paint(canvas, p.x0, p.y0, mask, np.clip(np.add(rgb, jitter), 0, 255).astype(np.uint8))
+  return outlined, shadowed
 
-  # Sparkles: tiny four-point glints in free space.
-  if rng.random() < _MISC_PROBABILITIES["sparkle"]:
-    ink = max(((255, 255, 255), (255, 205, 0)),
-              key=lambda c: min(_distance(c, r) for r in references))
-    placed_sparkles = []
-    for _ in range(int(rng.integers(3, 7))):
-      for _ in range(20):
-        side = float(rng.uniform(0.05, 0.07))
-        cx, cy = rng.uniform(_EDGE_MARGIN + side / 2, 1 - _EDGE_MARGIN - side / 2, size=2)
-        spark = _Object("sparkle", False, None, "", side, float(cx), float(cy), "",
-                        [(ink, [("polygon", _SPARKLE, True)])])
-        if all(_boxes_apart(spark, q.obj) for q in placed + placed_sparkles):
-          sp = _place_pixels(spark, canvas_side)
-          _paint(canvas, sp.x0, sp.y0, sp.union, ink)
-          placed_sparkles.append(sp)
-          break
-    if placed_sparkles:
-      tags.add("sparkle")
 
-  image = Image.fromarray(canvas)
-  if rng.random() < _MISC_PROBABILITIES["signature"]:
+def _draw_sparkles(rng: np.random.Generator, backdrop: _Backdrop, placed: list[_Placed],
+                   tags: set[str]) -> None:
+  """Tiny four-point glints in free space."""
+  if rng.random() >= MISC_PROBABILITIES["sparkle"]:
+    return
+  canvas, references = backdrop.canvas, backdrop.references
+  ink = max(((255, 255, 255), (255, 205, 0)),
+            key=lambda c: min(_distance(c, r) for r in references))
+  placed_sparkles = []
+  for _ in range(int(rng.integers(3, 7))):
+    for _ in range(20):
+      side = float(rng.uniform(0.05, 0.07))
+      cx, cy = rng.uniform(_EDGE_MARGIN + side / 2, 1 - _EDGE_MARGIN - side / 2, size=2)
+      spark = _Object("sparkle", False, None, "", side, float(cx), float(cy), "",
+                      [(ink, [("polygon", _SPARKLE, True)])])
+      if all(_boxes_apart(spark, q.obj) for q in placed + placed_sparkles):
+        sp = _place_pixels(spark, canvas.shape[0])
+        _paint(canvas, sp.x0, sp.y0, sp.union, ink)
+        placed_sparkles.append(sp)
+        break
+  if placed_sparkles:
+    tags.add("sparkle")
+
+
+def _draw_text(rng: np.random.Generator, backdrop: _Backdrop, tags: set[str]) -> Image.Image:
+  """The canvas as an image, with a signature in the corner and a watermark across it at times."""
+  image = Image.fromarray(backdrop.canvas)
+  canvas_side = backdrop.canvas.shape[0]
+  ink = _contrasting_ink(backdrop.references)
+  if rng.random() < MISC_PROBABILITIES["signature"]:
     letters = "".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, rng.integers(4, 8)))
     draw = ImageDraw.Draw(image)
-    draw.text((canvas_side * 0.94, canvas_side * 0.94), letters, fill=contrasting_ink(),
+    draw.text((canvas_side * 0.94, canvas_side * 0.94), letters, fill=ink,
               font=_font(max(8, int(0.085 * canvas_side))), anchor="rs")
     tags.add("signature")
-  if rng.random() < _MISC_PROBABILITIES["watermark"]:
+  if rng.random() < MISC_PROBABILITIES["watermark"]:
     overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
     word = ("SAMPLE", "PREVIEW", "sw_zoo")[int(rng.integers(3))]
-    ImageDraw.Draw(overlay).text((canvas_side / 2, canvas_side / 2), word,
-                                 fill=contrasting_ink() + (120,),
+    ImageDraw.Draw(overlay).text((canvas_side / 2, canvas_side / 2), word, fill=ink + (120,),
                                  font=_font(max(8, int(0.17 * canvas_side))), anchor="mm")
     image = Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
     tags.add("watermark")
+  return image
 
-  image = image.reduce(2)  # 2x2 box filter: the antialiasing step.
-  if monochrome:
-    image = image.convert("L").convert("RGB")
 
-  # Tags from what was actually drawn.
+def _object_tags(placed: list[_Placed], overlapped: bool, outlined: bool,
+                 shadowed: bool) -> set[str]:
+  """The tags of the objects actually drawn (not of those that did not fit)."""
+  tags = set()
   if placed:
     tags.add(COUNT_TAGS[len(placed) - 1])
   for p in placed:
     tags.add(p.obj.size_tag)
     tags.add(p.obj.zone)
-    if p.obj.is_character:
-      tags.add(p.obj.kind)
-    else:
-      tags.add(p.obj.kind)
+    tags.add(p.obj.kind)
+    if not p.obj.is_character:
       tags.add(f"{p.obj.color}_object")
   if overlapped:
     tags.add("overlapping_objects")
@@ -623,7 +609,24 @@ def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
     tags.add("outline")
   if shadowed and placed:
     tags.add("drop_shadow")
-  return Scene(background, placed, tags, np.asarray(image))
+  return tags
+
+
+def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
+  """Draws one image and returns it with its true tags (everything but the rating)."""
+  tags: set[str] = set()
+  backdrop = _draw_background(rng, 2 * image_size, tags)  # Drawn at twice the size, see above.
+  _draw_border(rng, backdrop, tags)
+  plan = _plan_objects(rng, backdrop)
+  placed, overlapped = _place_objects(rng, plan, backdrop)
+  outlined, shadowed = _paint_objects(rng, plan, backdrop, placed)
+  _draw_sparkles(rng, backdrop, placed, tags)
+  image = _draw_text(rng, backdrop, tags)
+  image = image.reduce(2)  # 2x2 box filter: the antialiasing step.
+  if backdrop.monochrome:
+    image = image.convert("L").convert("RGB")
+  tags |= _object_tags(placed, overlapped, outlined, shadowed)
+  return Scene(backdrop.kind, placed, tags, np.asarray(image))
 
 
 def rating_of(scene: Scene) -> str:

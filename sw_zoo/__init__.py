@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 __all__ = ["Tagger", "load_pretrained"]
 
 # Resolved on first use: `import sw_zoo` (and so `sw-zoo --help`) stays free of jax.
-_LAZY = {"load_pretrained": "sw_zoo.pretrained", "Tagger": "sw_zoo.tagger"}
+_LAZY = {"load_pretrained": "sw_zoo.inference.pretrained", "Tagger": "sw_zoo.inference.tagger"}
 
 
 def __getattr__(name):

@@ -17,9 +17,10 @@ from flax import traverse_util
 from PIL import Image
 
 import sw_zoo
-from sw_zoo import bundle as bundle_lib
-from sw_zoo import cli, pretrained
-from sw_zoo.tagger import Tagger
+from sw_zoo.inference import bundle as bundle_lib
+from sw_zoo import cli
+from sw_zoo.inference import pretrained
+from sw_zoo.inference.tagger import Tagger
 from sw_zoo.train import warm_start
 from tests.test_tagger import IMAGE_SIZE, make_bundle, sample_images, sample_vocab
 from tests.test_train import tiny_config, tiny_data  # noqa: F401  (fixture)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from data_prep import synthetic
-from sw_zoo import bundle as bundle_lib
+from sw_zoo.inference import bundle as bundle_lib
 from sw_zoo import cli
-from sw_zoo.curation import embedding_index, split_data
+from sw_zoo.curation import embedding_index, split_labels
 from sw_zoo.curation.label_issues import find_label_issues, flag_matrix
 from tests.test_tagger import IMAGE_SIZE, random_params
 
@@ -76,10 +76,10 @@ def test_sparse_label_rows_give_the_dense_matrix():
   dense[7] = False  # an image without tags
   parts = [np.flatnonzero(r) for r in dense]
   indptr = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
-  sparse = split_data.SparseRows(indptr, np.concatenate(parts).astype(np.int32), 9)
+  sparse = split_labels.SparseRows(indptr, np.concatenate(parts).astype(np.int32), 9)
   rows, cols = np.array([7, 3, 3, 49, 0]), np.array([8, 0, 4])
   np.testing.assert_array_equal(sparse.dense(rows, cols), dense[np.ix_(rows, cols)])
-  view = split_data.RowView(sparse, np.arange(50), np.arange(9))
+  view = split_labels.RowView(sparse, np.arange(50), np.arange(9))
   np.testing.assert_array_equal(np.concatenate([view[0:17], view[17:50]]), dense)
   r, c = rng.integers(0, 50, 40), rng.integers(0, 9, 40)
   np.testing.assert_array_equal(sparse.contains(r, c), dense[r, c])
@@ -114,11 +114,11 @@ def _read_csv(path):
 def test_folds_partition_the_split_and_resume(noisy_data, tmp_path):
   out = tmp_path / "folds"
   assert cli.main(["folds", noisy_data, "--folds", "3", "--out", str(out), "--shard-size", "7", "--no-progress"]) == 0
-  all_ids = set(split_data.read_split_labels(noisy_data, "train").ids.tolist())
+  all_ids = set(split_labels.read_split_labels(noisy_data, "train").ids.tolist())
   held = []
   for k in range(3):
-    fold = split_data.read_split_labels(str(out / f"fold-{k}"), "validation")
-    train = split_data.read_split_labels(str(out / f"fold-{k}"), "train")
+    fold = split_labels.read_split_labels(str(out / f"fold-{k}"), "validation")
+    train = split_labels.read_split_labels(str(out / f"fold-{k}"), "train")
     assert set(fold.ids.tolist()).isdisjoint(train.ids.tolist())
     assert set(fold.ids.tolist()) | set(train.ids.tolist()) == all_ids
     held += fold.ids.tolist()
@@ -144,7 +144,7 @@ def test_find_missing_tags_held_out_and_cross_validated_agree(noisy_data, model_
   assert {r["issue"] for r in issues} <= {"missing", "wrong"}
   qualities = [float(r["label_quality"]) for r in issues]
   assert qualities == sorted(qualities)
-  labels = split_data.read_split_labels(noisy_data, "train")
+  labels = split_labels.read_split_labels(noisy_data, "train")
   row_of = {int(i): r for r, i in enumerate(labels.ids)}
   for r in issues:  # a 'missing' tag is absent from the record, a 'wrong' one present
     present = labels.labels.dense([row_of[int(r["id"])]])[0, labels.tags.names.index(r["tag"])]
@@ -233,7 +233,7 @@ def test_index_and_search_a_folder(folder_index, model_dir, capsys):
   assert [h["path"] for h in hits] == expected
   np.testing.assert_allclose([h["score"] for h in hits], np.sort(joint)[::-1][:5], atol=1e-4)
 
-  assert cli.main(["search", str(index_dir), "--tags", "circle no_such_tag"]) == 1
+  assert cli.main(["search", str(index_dir), "--tags", "circle no_such_tag"]) == 2
   assert "no_such_tag" in capsys.readouterr().err
 
 

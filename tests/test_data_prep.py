@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import __main__ as data_prep_main
+from sw_zoo import cli
+from sw_zoo.cli import prepare as data_prep_main
 from data_prep import convert
 from data_prep.sources.danbooru import DanbooruSource
 from data_prep.sources.folder import FolderSource
 from data_prep.sources.manifest import ManifestSource
 from data_prep.sources.sqlite_db import SqliteSchema, SqliteSource
-from sw_zoo import cli
 from sw_zoo.data import dataset_info, records, vocab as vocab_lib
 from test_data_prep_units import awkward_images  # tests/ is on sys.path (no __init__.py).
 
@@ -398,13 +398,13 @@ def test_cli_prepare_and_inspect(folder, tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["folder", "manifest", "danbooru", "sqlite", "tfds", "inspect"])
 def test_cli_help(kind, capsys):
   with pytest.raises(SystemExit) as e:
-    data_prep_main.main([kind, "--help"])
+    cli.main(["inspect", "--help"] if kind == "inspect" else ["prepare", kind, "--help"])
   assert e.value.code == 0
-  assert "usage: python -m data_prep " + kind in capsys.readouterr().out
+  assert ("usage: sw-zoo inspect" if kind == "inspect" else "usage: sw-zoo prepare " + kind) in capsys.readouterr().out
 
 
 def test_prepared_dataset_feeds_the_training_pipeline(folder_out):
-  from sw_zoo.data import make_eval_dataset
+  from sw_zoo.data.pipeline import make_eval_dataset
   out, report = folder_out
   ds = make_eval_dataset(out, split="train", global_batch_size=4, image_size=24, num_threads=1,
                          prefetch_batches=1)

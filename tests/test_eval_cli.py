@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sw_zoo import bundle as bundle_lib
-from sw_zoo import cli, pareto
+from sw_zoo.inference import bundle as bundle_lib
+from sw_zoo import cli
+from sw_zoo.evaluation import pareto
 from sw_zoo.data import vocab
+from sw_zoo.models.spec import param_shapes
 from sw_zoo.train import warm_start
 from sw_zoo.train.loop import train_and_evaluate
 from tests.test_train import tiny_config, tiny_data  # noqa: F401  (fixture)
@@ -91,7 +93,7 @@ def test_eval_rejects_a_dataset_with_other_tags(tiny_data, tmp_path, capsys):  #
   num_tags = len(tags)
   spec = bundle_lib.ModelSpec(name="tiny", num_tags=num_tags, act="silu", attn="eca")
   zeros = {tuple(path.split("/")): np.zeros(shape, dtype) for path, (shape, dtype) in
-           bundle_lib.model_param_shapes(spec, 32).items()}
+           param_shapes(spec, 32).items()}
   bundle = bundle_lib.write_bundle(tmp_path / "bundle", params=traverse_util.unflatten_dict(zeros), spec=spec,
                                    image_size=32, tags=tags)
   data = tmp_path / "data"

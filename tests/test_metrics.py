@@ -1,4 +1,4 @@
-"""sw_zoo.metrics against scikit-learn: streamed over padded batches, summed over halves and over
+"""sw_zoo.evaluation.metrics against scikit-learn: streamed over padded batches, summed over halves and over
 an 8-device mesh. Scores sit on the histogram's bin centres, so binning adds no error and the
 binned ranking metrics must equal scikit-learn's to float precision."""
 import functools
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from sw_zoo import metrics, sharding
+from sw_zoo import sharding
+from sw_zoo.evaluation import batch_stats, metrics
 
 BINS = 64
 
@@ -25,12 +26,12 @@ def _data(seed=0, n=240, t=9):
 
 @functools.lru_cache(maxsize=None)
 def _step(threshold, num_bins):
-  return jax.jit(functools.partial(metrics.batch_stats, threshold=threshold, num_bins=num_bins))
+  return jax.jit(functools.partial(batch_stats.batch_stats, threshold=threshold, num_bins=num_bins))
 
 
 def _stream(probs, labels, threshold=0.5, batch=64, num_bins=BINS):
   """Summed stats over fixed-size batches; the last one padded with rows that must not count."""
-  total = metrics.zero_stats(labels.shape[1], num_bins)
+  total = batch_stats.zero_stats(labels.shape[1], num_bins)
   for start in range(0, len(probs), batch):
     p, y = probs[start:start + batch], labels[start:start + batch]
     mask = np.arange(batch) < len(p)
@@ -38,7 +39,7 @@ def _stream(probs, labels, threshold=0.5, batch=64, num_bins=BINS):
     p = np.concatenate([p, np.full((pad, p.shape[1]), 0.9, np.float32)])
     y = np.concatenate([y, np.ones((pad, y.shape[1]), np.float32)])
     total = jax.tree.map(np.add, total, jax.device_get(_step(threshold, num_bins)(p, y, mask)))
-  return metrics.host_stats(total)
+  return batch_stats.host_stats(total)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_counts_at_threshold_match_sklearn(data):
   old = metrics.f1_scores(stats)
   assert old["micro_f1"] == pytest.approx(scores["micro_f1"]) and old["macro_f1"] == pytest.approx(scores["macro_f1"])
   # MCut counts equal the decisions made on the whole array at once.
-  mcut = np.asarray(metrics.mcut_decisions(jnp.asarray(probs)))
+  mcut = np.asarray(batch_stats.mcut_decisions(jnp.asarray(probs)))
   assert metrics.mcut_scores(stats)["mcut_micro_f1"] == pytest.approx(
       skm.f1_score(labels, mcut, average="micro", zero_division=0))
 
@@ -107,7 +108,7 @@ def test_histograms_of_two_halves_sum_to_the_whole():
   probs, labels = _data(seed=3, n=200)
   whole = _stream(probs, labels)
   halves = [_stream(probs[:120], labels[:120]), _stream(probs[120:], labels[120:])]
-  for key in metrics.STAT_KEYS:
+  for key in batch_stats.STAT_KEYS:
     np.testing.assert_array_equal(halves[0][key] + halves[1][key], whole[key], err_msg=key)
 
 
@@ -116,12 +117,12 @@ def test_sharded_stats_equal_single_device():
   mesh = sharding.make_mesh([("data", 4), ("fsdp", 2)])
   probs, labels = _data(seed=5, n=64, t=300)
   mask = np.arange(64) < 60
-  fn = functools.partial(metrics.batch_stats, threshold=0.4, num_bins=128)
+  fn = functools.partial(batch_stats.batch_stats, threshold=0.4, num_bins=128)
   sharded = jax.jit(fn, in_shardings=(sharding.batch_sharding(mesh),) * 3, out_shardings=sharding.replicated(mesh))
   batch = sharding.global_batch({"p": probs, "y": labels, "m": mask}, mesh)
   got = jax.device_get(sharded(batch["p"], batch["y"], batch["m"]))
   want = jax.device_get(jax.jit(fn)(probs, labels, mask))
-  for key in metrics.STAT_KEYS:
+  for key in batch_stats.STAT_KEYS:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
@@ -145,18 +146,22 @@ def test_mcut_cuts_at_the_largest_gap():
                        [0.3, 0.95, 0.25, 0.2],  # gap 0.95 -> 0.3: one tag
                        [0.5, 0.45, 0.4, 0.0]])  # gap 0.4 -> 0.0: three tags
   want = np.array([[1, 1, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0]], bool)
-  np.testing.assert_array_equal(np.asarray(metrics.mcut_decisions(probs)), want)
+  np.testing.assert_array_equal(np.asarray(batch_stats.mcut_decisions(probs)), want)
   labels = jnp.asarray([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]], jnp.float32)
-  stats = metrics.batch_stats(probs, labels, jnp.array([True, True, False]), threshold=0.5, num_bins=8)
+  stats = batch_stats.batch_stats(probs, labels, jnp.array([True, True, False]), threshold=0.5, num_bins=8)
   np.testing.assert_array_equal(stats["mcut_tp"], [1, 1, 0, 0])
   np.testing.assert_array_equal(stats["mcut_fp"], [0, 1, 0, 0])
   np.testing.assert_array_equal(stats["mcut_fn"], [0, 0, 1, 0])
-  with pytest.raises(ValueError, match="at least 2 tags"):
-    metrics.mcut_decisions(jnp.ones((2, 1)))
+  # The Tagger's per-image MCut (numpy) cuts exactly where evaluation's (jax) does.
+  for row, expected in zip(np.asarray(probs), want):
+    np.testing.assert_array_equal(row > metrics.mcut_threshold(row), expected)
+  # One score has no gap to cut at: the cut is 0.5 in both namespaces.
+  np.testing.assert_array_equal(np.asarray(batch_stats.mcut_decisions(jnp.asarray([[0.7], [0.2]]))), [[True], [False]])
+  assert metrics.mcut_threshold(np.array([0.3]))[0] == 0.5
 
 
 def test_score_bins_edges():
-  bins = np.asarray(metrics.score_bins(jnp.asarray([0.0, 0.5 - 1e-7, 0.5, 0.999, 1.0]), 4))
+  bins = np.asarray(batch_stats.score_bins(jnp.asarray([0.0, 0.5 - 1e-7, 0.5, 0.999, 1.0]), 4))
   np.testing.assert_array_equal(bins, [0, 1, 2, 3, 3])
 
 

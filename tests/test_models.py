@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sw_zoo import cli
 from sw_zoo.models import ACTIVATIONS, VARIANTS, NFNetConfig, create_model, list_models, model_config
+from sw_zoo import sharding
 from sw_zoo.models import model_info, partitioning
 from sw_zoo.models import conv_cpu
 from sw_zoo.models.conv_cpu import conv2d_dense, conv2d_gemm
@@ -498,8 +499,8 @@ def test_fsdp_rules_shard_params_and_match_replicated_forward(nano_eca):
   native = model.clone(conv_impl="native")  # compiles faster; agrees with einsum (tested above)
   mesh = make_mesh([("data", 2), ("fsdp", 4)])
   abstract = partitioning.abstract_params(model, x.shape)
-  fsdp = partitioning.param_shardings(abstract, mesh, partitioning.FSDP_RULES)
-  dp = partitioning.param_shardings(abstract, mesh, partitioning.DATA_PARALLEL_RULES)
+  fsdp = sharding.param_shardings(abstract, mesh, sharding.FSDP_RULES)
+  dp = sharding.param_shardings(abstract, mesh, sharding.DATA_PARALLEL_RULES)
   assert jax.tree.structure(fsdp) == jax.tree.structure(params)
   assert all(s.is_fully_replicated for s in jax.tree.leaves(dp))
   assert fsdp["stages_3_0"]["conv2"]["kernel"].spec == P(None, None, None, "fsdp")

@@ -11,10 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from sw_zoo import bundle as bundle_lib
-from sw_zoo import cli, onnx_export
+from sw_zoo.inference import bundle as bundle_lib
+from sw_zoo import cli
+from sw_zoo.inference import onnx_export
 from sw_zoo.models import NFNet, VARIANTS, model_config
-from sw_zoo.tagger import Tagger
+from sw_zoo.inference.tagger import Tagger
 from tests.test_bundle import source_run  # noqa: F401  (fixture)
 from tests.test_tagger import random_params, sample_images
 from tests.test_train import tiny_data  # noqa: F401  (fixture)

@@ -11,7 +11,8 @@ from flax import traverse_util
 from configs.common import base_config
 from sw_zoo import sharding
 from sw_zoo.models import create_model
-from sw_zoo.train import losses, optimizer, state_sharding, steps
+from sw_zoo.models import abstract_params
+from sw_zoo.train import losses, optimizer, steps
 
 
 def _loss_config(**kw):
@@ -190,7 +191,7 @@ def test_fsdp_state_is_sharded_and_steps_like_replicated():
   results = {}
   for mode, mesh_axes in (("replicated", [("data", 8), ("fsdp", 1)]), ("fsdp", [("data", 2), ("fsdp", 4)])):
     mesh = sharding.make_mesh(mesh_axes)
-    sh = state_sharding.state_shardings(abstract, state_sharding.params_shardings(model, mesh, mode), mesh)
+    sh = sharding.state_shardings(abstract, sharding.param_shardings(abstract_params(model), mesh, sharding.RULE_SETS[mode]), mesh)
     state = jax.jit(init_fn, out_shardings=sh)()
     fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=losses.sigmoid_bce, schedule=sched,
                                    ema_decay=0.99),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from sw_zoo.data import augment, balance, dataset_info, pipeline, records
+from sw_zoo.data import augment, augment_spec, balance, dataset_info, pipeline, records
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE = 64, 24, 32
 
@@ -171,7 +171,7 @@ def test_augment_spec_batches_are_seeded_and_resume_exactly(data_dir):
   assert not np.array_equal(first[0]["image"], default[0]["image"])
   # The default spec, spelled out, is the default.
   _assert_batches_equal(default, _take(iter(_train(data_dir, image_size=24,
-                                                   augment_spec=augment.DEFAULT_SPEC)), 3))
+                                                   augment_spec=augment_spec.DEFAULT_SPEC)), 3))
   iterator = iter(_train(data_dir, augment_spec=SPEC))
   _take(iterator, 2)
   state = iterator.get_state()

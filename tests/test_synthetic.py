@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
+from sw_zoo.cli import synthetic as cli_synthetic
 from sw_zoo.data import dataset_info, records, vocab
 
 SMALL = dict(num_train=64, num_val=24, image_size=32, seed=0, shard_size=16)
@@ -117,11 +118,11 @@ def test_rerun_is_noop_and_other_args_need_overwrite(tmp_path, caplog):
 
 def test_cli(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    synthetic.main(["--help"])
+    cli_synthetic.main(["--help"])
   assert exit_info.value.code == 0
   assert "--drop-tag-fraction" in capsys.readouterr().out
-  assert synthetic.main(["--out", str(tmp_path), "--num-train", "8", "--num-val", "4",
+  assert cli_synthetic.main(["--out", str(tmp_path), "--num-train", "8", "--num-val", "4",
                          "--image-size", "32", "--workers", "1", "--no-progress"]) == 0
   assert dataset_info.read_dataset_info(tmp_path)["splits"]["validation"]["num_examples"] == 4
-  assert synthetic.main(["--out", str(tmp_path), "--num-train", "9", "--workers", "1",
+  assert cli_synthetic.main(["--out", str(tmp_path), "--num-train", "9", "--workers", "1",
                          "--no-progress"]) == 2

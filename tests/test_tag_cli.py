@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sw_zoo import captions, cli
+from sw_zoo import cli
+from sw_zoo.inference import captions
 from sw_zoo.data import atomic_file
-from sw_zoo.tagger import Prediction
+from sw_zoo.inference.tagger import Prediction
 from tests.test_tagger import CHARACTERS, GENERAL, make_bundle
 
 

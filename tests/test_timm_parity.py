@@ -20,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from sw_zoo.models.convert_timm import convert_state_dict, load_timm_checkpoint, resolve_model  # noqa: E402
-from sw_zoo.models.timm_compat import import_timm  # noqa: E402
+from tests.timm_compat import import_timm  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -47,7 +47,12 @@ def tiny_config(data_dir, **overrides):
   c.optim.schedule = "constant"
   c.optim.warmup_epochs = 0.0
   c.wandb.mode = "disabled"
-  for key, value in overrides.items():
+  return set_keys(c, overrides)
+
+
+def set_keys(c, values: dict):
+  """Sets dotted config keys ('optim.lr') as `--config.optim.lr=...` would."""
+  for key, value in values.items():
     node = c
     *parents, leaf = key.split(".")
     for p in parents:

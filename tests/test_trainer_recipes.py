@@ -89,8 +89,8 @@ def test_match_params_reinitialises_a_different_head_and_names_mismatches():
   source[("stem", "kernel")] = np.ones((3, 3, 3, 16))
   with pytest.raises(ValueError, match=r"stem/kernel: checkpoint has shape \(3, 3, 3, 16\), the model needs \(3, 3, 3, 8\)"):
     warm_start.match_params(source, target, new_head=False)
-  with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
-    warm_start.resolve_step_dir("/nonexistent/run")
+  with pytest.raises(ValueError, match="config.init.checkpoint='/nonexistent/run': .*no such directory"):
+    warm_start.read_params("/nonexistent/run")
 
 
 def test_peak_flops_lookup_and_mfu():

@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Iterator, Protocol, Sequence
 
 from data_prep.tags import RawTag
+from sw_zoo.data.image_files import IMAGE_EXTENSIONS
 
 # Reasons an item is rejected while a source is read (no image is opened for these).
 BAD_METADATA = "bad_metadata"            # unparsable manifest row / JSON line, missing fields
@@ -23,8 +24,6 @@ NO_CAPTION = "no_caption"                # image without a sidecar tag file
 NOT_IMAGE = "not_image"                  # post is a video / archive (file_ext)
 BAD_ID = "bad_id"                        # id not an int in [0, 2**31)
 
-IMAGE_EXTENSIONS = frozenset((".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp", ".bmp",
-                              ".tif", ".tiff", ".avif"))
 MAX_ID = 2**31 - 1  # Records carry ids the pipeline stores as int32.
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from data_prep.sources import (BAD_CAPTION_ENCODING, IMAGE_EXTENSIONS, NO_CAPTION, SourceItem)
+from data_prep.sources import BAD_CAPTION_ENCODING, NO_CAPTION, SourceItem
+from sw_zoo.data.image_files import iter_images
 from data_prep.tags import RawTag, parse_tag_string
 
 
@@ -34,12 +35,7 @@ class FolderSource:
     return {"root": self.root, "caption_ext": self.caption_ext}
 
   def _image_paths(self) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(self.root):
-      dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                           and os.path.join(dirpath, d) != self.exclude)
-      for name in sorted(filenames):
-        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-          yield os.path.join(dirpath, name)
+    yield from iter_images(self.root, exclude=self.exclude)
 
   def _caption_path(self, image_path: str) -> str | None:
     for candidate in (os.path.splitext(image_path)[0] + self.caption_ext,

@@ -205,3 +205,33 @@ class SearchIndex:
     top = np.argpartition(-score, k - 1)[:k]
     top = top[np.argsort(-score[top], kind="stable")]
     return self._hits(top, score[top])
+
+
+def check_same_model(bundle_config: dict, meta: dict, model_path: str) -> None:
+  """An index is searched with the weights it was built with (params sha256 in its meta)."""
+  have = (bundle_config.get("params") or {}).get("sha256")
+  if meta.get("params_sha256") and have and have != meta["params_sha256"]:
+    raise ValueError(f"{model_path} holds other weights than the index was built with "
+                     f"(params sha256 {have[:12]}... vs {meta['params_sha256'][:12]}...); rebuild the index")
+
+
+def parse_tag_query(text: str, names: list[str]) -> tuple[list[int], list[int]]:
+  """'1girl solo -hat' -> (label indices wanted, indices that must be absent). Underscores may be
+  written as spaces; unknown tags are an error naming them."""
+  column = {name: i for i, name in enumerate(names)}
+  wanted, unwanted, unknown = [], [], []
+  for token in text.replace(",", " ").split():
+    negative = token.startswith("-") and len(token) > 1 and token not in column
+    name = token[1:] if negative else token
+    if name not in column:
+      alt = name.replace(" ", "_")
+      if alt not in column:
+        unknown.append(token)
+        continue
+      name = alt
+    (unwanted if negative else wanted).append(column[name])
+  if unknown:
+    raise ValueError(f"unknown tags {unknown}; the model knows {len(names)} tags (see its selected_tags.csv)")
+  if not wanted and not unwanted:
+    raise ValueError("--tags: no tags given")
+  return wanted, unwanted

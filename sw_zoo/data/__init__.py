@@ -1,11 +1,8 @@
-"""Data layer: record schema, tag vocabulary, dataset metadata, shard writing, grain pipelines."""
+"""Data layer: record schema (`records`), tag vocabulary (`vocab`), dataset metadata
+(`dataset_info`), shard writing (`shard_writer`), image decoding (`image_io`), inference
+preprocessing (`preprocess`), training augmentation (`augment`, `augment_spec`, `mixing`,
+`balance`) and grain pipelines (`pipeline`).
 
-# `augment` the function is not re-exported: it would shadow the `sw_zoo.data.augment` module.
-from sw_zoo.data.augment import preprocess_eval
-from sw_zoo.data.dataset_info import (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME,
-                                      read_dataset_info, split_paths, write_dataset_info)
-from sw_zoo.data.pipeline import (EvalDataset, make_eval_dataset, make_train_dataset,
-                                  process_slice_indices)
-from sw_zoo.data.records import SCHEMA_VERSION, decode_image, decode_record, encode_record
-from sw_zoo.data.shard_writer import ShardWriter
-from sw_zoo.data.vocab import Tag, TagVocab, read_selected_tags, write_selected_tags
+Import the module you need: this package imports nothing itself, so reading a vocabulary does
+not pull in grain, OpenCV or jax.
+"""

@@ -7,11 +7,14 @@ are whole directories, replaced the same way.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -34,6 +37,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+  """A CSV file (header + rows, '\n' line ends) written as `atomic_write_text` does."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(header)
+  writer.writerows(rows)
+  atomic_write_text(path, buffer.getvalue())
 
 
 def replace_dir(out_dir: str, fill: Callable[[str], None]) -> str:

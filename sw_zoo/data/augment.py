@@ -1,148 +1,30 @@
-"""Host-side, per-example image preprocessing and augmentation (numpy + OpenCV).
+"""Host-side, per-example training augmentation (numpy + OpenCV).
 
 Runs inside grain worker threads, so everything here is cheap and deterministic given the
 `np.random.Generator` grain hands to `random_map`. Resampling, rotation and flips use OpenCV
 (single-threaded: grain's threads already parallelise across examples, and OpenCV releases the
 GIL); PIL is used only for the "hamming" filter, which OpenCV lacks.
 
-Evaluation and inference prepare images with `preprocess_eval` (letterbox on white + bicubic
-resize, antialiased when shrinking) and nothing else. Training augmentation is declared as data
-and built once per pipeline:
+Evaluation and inference prepare images with `preprocess.preprocess_eval` and nothing else.
+Training augmentation is declared as data (`augment_spec`) and built once per pipeline:
 
     augmenter = make_augmenter({"ops": "letterbox,rrc,flip,rotate,cutout",
                                 "rrc_scale": (0.87, 1.0), "rotate_deg": 10}, image_size=320)
     image = augmenter(decoded_rgb_uint8, rng)   # -> uint8 [320, 320, 3]
-
-Ops (applied in the order given; see `SPEC_DEFAULTS` for every parameter):
-
-  letterbox  pad the source image to a square with white (before sizing)
-  rrc        random resized crop to `image_size` (area fraction `rrc_scale`, aspect `rrc_ratio`);
-             the crop box is rounded to whole pixels (as torchvision's is) and only that window
-             is resampled, so a letterbox before it costs no full-size copy
-  resize     plain resize to `image_size` (the deterministic alternative to rrc)
-  shift      edge-padded random translation by up to `shift_fraction` of the side, no rescale
-  flip       horizontal flip with probability `flip_prob`
-  rotate     rotation by U(-rotate_deg, rotate_deg) with white fill, with probability `rotate_prob`
-  cutout     random erasing of one box (`cutout_area`, `cutout_ratio`) filled with `cutout_fill`,
-             with probability `cutout_prob`
-
-`rrc` and `resize` are the sizing ops: at most one may appear, `letterbox` must come before it and
-`shift` after it. Their resampling filter is drawn per example from `resize_methods` (as JAX-CV
-does; one name = fixed); see `RESIZE_METHODS`. Filters other than nearest/box shrink by more
-than 2x in two steps (area averaging to twice the target, then the filter), which antialiases
-like PIL's filters do. A spec without a sizing op starts from `preprocess_eval`, so the default
-spec `{"ops": "shift,flip"}` is `augment()` (flip + shift) on the eval preprocessing, pixel for
-pixel. That one never rescales, which matters for datasets whose size tags are fractions of the
-image side (the synthetic demo); `rrc` does rescale.
 """
-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
-# grain's worker threads already run one example per thread; OpenCV's own thread pool on top
-# only adds contention (measured in benchmarks/input_pipeline.py). This is process-wide.
-cv2.setNumThreads(1)
-
-# Letterbox padding colour: WD-tagger preprocessing pads non-square images with white.
-PAD_VALUE = 255
-_WHITE = (PAD_VALUE,) * 3
-
-OPS = ("letterbox", "rrc", "resize", "shift", "flip", "rotate", "cutout")
-_SIZING_OPS = ("rrc", "resize")
-
-# Filter name -> OpenCV interpolation flag (None: PIL's Hamming filter, which OpenCV lacks).
-# "box" is area averaging (PIL's BOX when shrinking).
-RESIZE_METHODS: dict[str, int | None] = {
-    "nearest": cv2.INTER_NEAREST,
-    "box": cv2.INTER_AREA,
-    "bilinear": cv2.INTER_LINEAR,
-    "hamming": None,
-    "bicubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
-_EVAL_METHOD = "bicubic"
-CUTOUT_FILLS = ("noise", "white", "black", "gray")
-
-# Every key a spec may hold, with its default. Keys for ops not in `ops` are allowed and ignored,
-# so one config can carry the parameters of every op.
-SPEC_DEFAULTS: dict[str, Any] = {
-    "ops": "shift,flip",
-    "shift_fraction": 1 / 16,  # shift: max translation, fraction of the side
-    "flip_prob": 0.5,
-    "rrc_scale": (0.87, 1.0),  # rrc: crop area as a fraction of the (letterboxed) image
-    "rrc_ratio": (3 / 4, 4 / 3),  # rrc: crop aspect ratio w/h, sampled log-uniformly
-    "resize_methods": ("bicubic",),  # rrc/resize: filters to draw from, per example
-    "rotate_deg": 10.0,
-    "rotate_prob": 1.0,
-    "cutout_prob": 0.5,
-    "cutout_area": (0.02, 0.2),  # fraction of the image area
-    "cutout_ratio": (0.3, 3.3),  # box aspect ratio, sampled log-uniformly
-    "cutout_fill": "noise",  # noise | white | black | gray | an int 0..255
-}
-DEFAULT_SPEC: Mapping[str, Any] = {"ops": SPEC_DEFAULTS["ops"]}
+from sw_zoo.data.augment_spec import SIZING_OPS, parse_spec
+from sw_zoo.data.preprocess import PAD_VALUE, WHITE, check_rgb, letterbox, pad_white, preprocess_eval, resize
 
 Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-
-def _check_rgb(image: np.ndarray) -> None:
-  if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
-      or image.dtype != np.uint8:
-    desc = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
-            else type(image).__name__)
-    raise ValueError(f"expected a uint8 [H, W, 3] image, got {desc}")
-
-
-def _pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-  """White padding (a copy, even with no padding)."""
-  return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=_WHITE)
-
-
-def letterbox(image: np.ndarray) -> np.ndarray:
-  """Centres a non-square image on a white square of side max(H, W); squares pass through."""
-  height, width = image.shape[:2]
-  if height == width:
-    return image
-  side = max(height, width)
-  top, left = (side - height) // 2, (side - width) // 2
-  return _pad(image, top, side - height - top, left, side - width - left)
-
-
-def resize(image: np.ndarray, size: int, method: str = _EVAL_METHOD) -> np.ndarray:
-  """Resizes to [size, size] with the named filter (see `RESIZE_METHODS`); always a new array.
-
-  Shrinking by more than 2x with a filter other than nearest/box first area-averages to twice
-  the target, so the result is antialiased (OpenCV's interpolating filters are not by themselves).
-  """
-  height, width = image.shape[:2]
-  flag = RESIZE_METHODS[method]
-  if flag is None:
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.HAMMING))
-  if flag not in (cv2.INTER_NEAREST, cv2.INTER_AREA) and (height > 2 * size or width > 2 * size):
-    image = cv2.resize(image, (min(width, 2 * size), min(height, 2 * size)),
-                       interpolation=cv2.INTER_AREA)
-  return cv2.resize(image, (size, size), interpolation=flag)
-
-
-def preprocess_eval(image: np.ndarray, image_size: int) -> np.ndarray:
-  """Decoded RGB uint8 [H, W, 3] -> [image_size, image_size, 3] uint8.
-
-  Non-square images are centred on a white square (letterbox) so tags near the edges are kept
-  and aspect ratios are not distorted, then resized bicubically (antialiased when shrinking by
-  more than 2x; see `resize`). Evaluation and inference use exactly this function (and training
-  specs without a sizing op start from it), so the model always sees images prepared one way.
-  """
-  _check_rgb(image)
-  image = letterbox(image)
-  if image.shape[0] != image_size:
-    image = resize(image, image_size, _EVAL_METHOD)
-  return image
 
 
 def _flip(image: np.ndarray) -> np.ndarray:
@@ -253,100 +135,11 @@ class _Letterboxed:
     inside = self.image[ct:cb, cl:cr]
     if (ct, cb, cl, cr) == (t, b, l, r):
       return inside
-    return _pad(inside, ct - t, b - cb, cl - l, r - cr)
+    return pad_white(inside, ct - t, b - cb, cl - l, r - cr)
 
 
 def _materialise(image: np.ndarray | _Letterboxed) -> np.ndarray:
   return letterbox(image.image) if isinstance(image, _Letterboxed) else image
-
-
-# ---- Spec parsing and validation --------------------------------------------------------------
-
-def _fail(key: str, problem: str):
-  raise ValueError(f"augmentation spec key {key!r} {problem}")
-
-
-def _names(value: Any, key: str) -> tuple[str, ...]:
-  if isinstance(value, str):
-    names = [v.strip() for v in value.split(",")]
-  elif isinstance(value, Sequence):
-    names = [v.strip() if isinstance(v, str) else v for v in value]
-  else:
-    _fail(key, f"must be a comma-separated string or a list of names, got {value!r}")
-  if not all(isinstance(n, str) for n in names):
-    _fail(key, f"must hold names (strings), got {value!r}")
-  return tuple(n for n in names if n)
-
-
-def _number(spec: Mapping, key: str, lo: float, hi: float) -> float:
-  value = spec[key]
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-      or not lo <= value <= hi:
-    _fail(key, f"must be a number in [{lo}, {hi}], got {value!r}")
-  return float(value)
-
-
-def _range(spec: Mapping, key: str, lo: float, hi: float) -> tuple[float, float]:
-  value = spec[key]
-  ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
-        and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                for v in value))
-  if not ok or not lo <= value[0] <= value[1] <= hi:
-    _fail(key, f"must be a pair (low, high) with {lo} <= low <= high <= {hi}, got {value!r}")
-  return float(value[0]), float(value[1])
-
-
-def parse_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
-  """Validates `spec` and returns it with every default filled in and values normalised.
-
-  Raises ValueError naming the unknown op or the key at fault.
-  """
-  if spec is None:
-    spec = DEFAULT_SPEC
-  if not isinstance(spec, Mapping) and callable(getattr(spec, "to_dict", None)):
-    spec = spec.to_dict()  # an ml_collections.ConfigDict
-  if not isinstance(spec, Mapping):
-    raise ValueError(f"augmentation spec must be a mapping, got {type(spec).__name__}")
-  unknown = sorted(set(spec) - set(SPEC_DEFAULTS))
-  if unknown:
-    raise ValueError(f"augmentation spec has unknown key(s) {unknown}; known keys: "
-                     f"{sorted(SPEC_DEFAULTS)}")
-  full = {**SPEC_DEFAULTS, **spec}
-  ops = _names(full["ops"], "ops")
-  for op in ops:
-    if op not in OPS:
-      _fail("ops", f"names unknown op {op!r}; known ops: {', '.join(OPS)}")
-  if len(set(ops)) != len(ops):
-    _fail("ops", f"lists an op twice: {','.join(ops)}")
-  sizing = [i for i, op in enumerate(ops) if op in _SIZING_OPS]
-  if len(sizing) > 1:
-    _fail("ops", f"may hold only one of rrc/resize, got {','.join(ops)}")
-  if "letterbox" in ops and (not sizing or ops.index("letterbox") > sizing[0]):
-    _fail("ops", "must list letterbox before rrc or resize (without them the image is already "
-          "letterboxed by preprocess_eval)")
-  if sizing and "shift" in ops and ops.index("shift") < sizing[0]:
-    _fail("ops", "must list shift after rrc or resize (shift works on the final square)")
-  methods = _names(full["resize_methods"], "resize_methods")
-  if not methods or any(m not in RESIZE_METHODS for m in methods):
-    _fail("resize_methods", f"must name some of {sorted(RESIZE_METHODS)}, got {methods!r}")
-  fill = full["cutout_fill"]
-  if not (fill in CUTOUT_FILLS or (isinstance(fill, (int, np.integer))
-                                   and not isinstance(fill, bool) and 0 <= fill <= 255)):
-    _fail("cutout_fill", f"must be one of {CUTOUT_FILLS} or an int 0..255, got {fill!r}")
-  return {
-      "ops": ops,
-      "shift_fraction": _number(full, "shift_fraction", 0.0, 0.5),
-      "flip_prob": _number(full, "flip_prob", 0.0, 1.0),
-      "rrc_scale": _range(full, "rrc_scale", 1e-6, 1.0),
-      "rrc_ratio": _range(full, "rrc_ratio", 1e-3, 1e3),
-      "resize_methods": methods,
-      "rotate_deg": _number(full, "rotate_deg", 0.0, 180.0),
-      "rotate_prob": _number(full, "rotate_prob", 0.0, 1.0),
-      "cutout_prob": _number(full, "cutout_prob", 0.0, 1.0),
-      "cutout_area": _range(full, "cutout_area", 0.0, 1.0),
-      "cutout_ratio": _range(full, "cutout_ratio", 1e-3, 1e3),
-      "cutout_fill": fill if isinstance(fill, str) else int(fill),
-  }
 
 
 def make_augmenter(spec: Mapping[str, Any] | None, image_size: int) -> Augmenter:
@@ -363,7 +156,7 @@ def make_augmenter(spec: Mapping[str, Any] | None, image_size: int) -> Augmenter
   size = int(image_size)
   p = parse_spec(spec)
   methods = p["resize_methods"]
-  has_sizing = any(op in _SIZING_OPS for op in p["ops"])
+  has_sizing = any(op in SIZING_OPS for op in p["ops"])
 
   def op_letterbox(image: np.ndarray, rng: np.random.Generator):
     del rng
@@ -407,7 +200,7 @@ def make_augmenter(spec: Mapping[str, Any] | None, image_size: int) -> Augmenter
     # Counter-clockwise about the image centre (pixel-centre coordinates), as PIL's rotate.
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1.0)
     return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=_WHITE)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=WHITE)
 
   def op_cutout(image, rng: np.random.Generator) -> np.ndarray:
     image = _materialise(image)
@@ -420,7 +213,7 @@ def make_augmenter(spec: Mapping[str, Any] | None, image_size: int) -> Augmenter
   steps = tuple(table[op] for op in p["ops"])
 
   def augmenter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    _check_rgb(image)
+    check_rgb(image)
     if any(s < 0 for s in image.strides):
       image = np.ascontiguousarray(image)  # OpenCV takes only positive strides
     current = image if has_sizing else preprocess_eval(image, size)

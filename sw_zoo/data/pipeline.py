@@ -23,7 +23,7 @@ import numpy as np
 
 from sw_zoo.data import augment as augment_lib
 from sw_zoo.data import balance
-from sw_zoo.data.augment import preprocess_eval
+from sw_zoo.data.preprocess import preprocess_eval
 from sw_zoo.data.dataset_info import read_dataset_info, split_paths
 from sw_zoo.data.records import decode_image, decode_record
 
@@ -152,7 +152,7 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
     augment: False disables augmentation (decode + `preprocess_eval` only), whatever
       `augment_spec` says (it is still validated).
     augment_spec: an `augment.make_augmenter` spec (a Mapping, or a ConfigDict); None means
-      `augment.DEFAULT_SPEC` (flip + edge-padded shift, no rescaling).
+      `augment_spec.DEFAULT_SPEC` (flip + edge-padded shift, no rescaling).
     repeat_factor_threshold: if set, repeat factor sampling (LVIS) with this frequency threshold
       replaces the plain per-epoch shuffle: examples with rare tags appear more often. Factors
       come from one pass over this process's labels at construction (tag frequencies of the

@@ -37,6 +37,12 @@ CATEGORY_NAMES = {
 CSV_HEADER = ("tag_id", "name", "category", "count")
 
 
+def category_name(code: int) -> str:
+  """The name of a category code: 'general', 'character', ... and 'category_<code>' for codes
+  without a name, so every report, bundle and threshold table spells a category one way."""
+  return CATEGORY_NAMES.get(int(code), f"category_{int(code)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Tag:
   name: str
@@ -75,7 +81,7 @@ class TagVocab:
     return isinstance(other, TagVocab) and self._tags == other._tags
 
   def __repr__(self) -> str:
-    per_category = {CATEGORY_NAMES.get(int(c), str(int(c))): int(n)
+    per_category = {category_name(c): int(n)
                     for c, n in zip(*np.unique(self.categories, return_counts=True))}
     return f"TagVocab({len(self)} tags, {per_category})"
 

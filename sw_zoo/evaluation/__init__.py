@@ -1,3 +1,4 @@
-"""Offline evaluation of a trained tagger (`sw-zoo eval`): where the model comes from
-(`model_source`), the streaming pass (`runner`), metrics per category and per tag (`report`),
-suggested thresholds (`thresholds`) and plots (`plots`)."""
+"""Evaluation of a trained tagger: streamed metrics (`batch_stats` on device, `metrics` on the
+host), the one evaluation pass the trainer and `sw-zoo eval` share (`evaluator`), per-category and
+per-tag reports (`report`), suggested thresholds (`thresholds`), plots (`plots`) and the F1 vs
+throughput Pareto selection (`pareto`)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sw_zoo import metrics
+from sw_zoo.evaluation import metrics
 from sw_zoo.data import vocab as vocab_lib
 
 ALL = "all"
@@ -17,15 +17,13 @@ CATEGORY_ORDER = (vocab_lib.CATEGORY_RATING, vocab_lib.CATEGORY_GENERAL, vocab_l
                   vocab_lib.CATEGORY_COPYRIGHT, vocab_lib.CATEGORY_ARTIST, vocab_lib.CATEGORY_META)
 
 
-def category_name(code: int) -> str:
-  return vocab_lib.CATEGORY_NAMES.get(int(code), f"category_{int(code)}")
 
 
 def category_groups(tags: vocab_lib.TagVocab) -> list[tuple[str, np.ndarray]]:
   """[('all', every index), (category name, its indices), ...] for the categories present."""
   present = [int(c) for c in np.unique(tags.categories)]
   ordered = [c for c in CATEGORY_ORDER if c in present] + sorted(c for c in present if c not in CATEGORY_ORDER)
-  return [(ALL, np.arange(len(tags)))] + [(category_name(c), tags.category_indices(c)) for c in ordered]
+  return [(ALL, np.arange(len(tags)))] + [(vocab_lib.category_name(c), tags.category_indices(c)) for c in ordered]
 
 
 @dataclasses.dataclass
@@ -135,6 +133,6 @@ def per_tag_rows(report: Report, tags: vocab_lib.TagVocab) -> list[list[Any]]:
   evaluated split, `train_count` the count in selected_tags.csv; empty cells where undefined."""
   fmt = lambda x: "" if math.isnan(x) else f"{x:.6g}"
   p = report.per_tag
-  return [[i, tag.name, category_name(tag.category), int(p["support"][i]), tag.count, fmt(p["precision"][i]),
+  return [[i, tag.name, vocab_lib.category_name(tag.category), int(p["support"][i]), tag.count, fmt(p["precision"][i]),
            fmt(p["recall"][i]), fmt(p["f1"][i]), fmt(p["ap"][i]), fmt(p["auc"][i]), fmt(p["best_threshold"][i]),
            fmt(p["best_f1"][i])] for i, tag in enumerate(tags)]

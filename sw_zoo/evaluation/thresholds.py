@@ -18,6 +18,11 @@ from typing import Any
 from sw_zoo.data.atomic_file import atomic_write_text
 from sw_zoo.evaluation.report import ALL
 
+# The threshold used when nothing else sets one (a bundle without thresholds, `sw-zoo eval` of a
+# source without one): WD taggers' customary general threshold. A training config's
+# `eval.threshold` is that experiment's own choice (0.4 in configs/common.py).
+DEFAULT_THRESHOLD = 0.35
+
 METHODS = {"best_f1": "best_threshold", "p_eq_r": "p_eq_r_threshold"}
 
 

@@ -1,7 +1,5 @@
-"""Size and cost of the registered models: exact parameter counts and forward FLOPs per image.
-
-    sw-zoo models                                  # the variant table
-    sw-zoo models l2_silu_eca --image-size 384     # params, FLOPs and GMACs of one model
+"""Size and cost of the registered models: exact parameter counts and forward FLOPs per image
+(shown by `sw-zoo models`).
 
 FLOPs come from XLA's own cost analysis of the compiled forward pass (batch 1, float32,
 ``conv_impl='native'``: the einsum lowering of grouped convs adds padding/gather work that is an
@@ -11,23 +9,21 @@ FLOPs / 2; they land within a few percent of timm/fvcore's conv+linear MAC count
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from sw_zoo.models.layers import ACTIVATIONS, ATTENTIONS
+from flax import linen as nn
+
 from sw_zoo.models.nfnet import VARIANTS, NFNet
+from sw_zoo.models.partitioning import abstract_params
 from sw_zoo.models.registry import create_model, list_models, parse_model_name
 
 
 def _abstract_params(model: NFNet, image_size: int) -> Any:
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)["params"]
+  return nn.unbox(abstract_params(model, (1, image_size, image_size, 3)))
 
 
 def count_params(model: NFNet) -> int:
@@ -79,51 +75,9 @@ def variant_rows() -> list[dict[str, Any]]:
   return rows
 
 
-def _format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
   cols = ["name", "depths", "channels", "stem", "group_size", "act", "attn", "num_features"]
   cells = [[str(r[c]) for c in cols] for r in rows]
   widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
   line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
   return "\n".join([line(cols), *map(line, cells)])
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="sw-zoo models",
-      description="List the model variants, or show one model's parameter count and forward FLOPs. "
-                  "NAME is a variant optionally suffixed with _<act> and/or _<attn> (e.g. l2_silu_eca).")
-  parser.add_argument("name", nargs="?", help="model name; omit to list the variants")
-  parser.add_argument("--image-size", type=int, default=224, help="square input size in pixels (default 224)")
-  parser.add_argument("--num-classes", type=int, default=1000, help="head width; 0: no head (default 1000)")
-  parser.add_argument("--act", choices=sorted(ACTIVATIONS), help="override the activation")
-  parser.add_argument("--attn", choices=[*sorted(ATTENTIONS), "none"], help="override the attention")
-  parser.add_argument("--no-flops", action="store_true", help="skip the (compiling) FLOPs count")
-  parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-  args = parser.parse_args(argv)
-
-  if args.name is None:
-    rows = variant_rows()
-    print(json.dumps(rows) if args.json else
-          _format_table(rows) + "\n\nSuffix a name with _<act> (" + ", ".join(sorted(ACTIVATIONS)) +
-          ") and/or _<attn> (" + ", ".join(sorted(ATTENTIONS)) + "), e.g. l2_silu_eca.")
-    return 0
-  try:
-    info = model_info(args.name, image_size=args.image_size, num_classes=args.num_classes, act=args.act,
-                      attn=args.attn, flops=not args.no_flops)
-  except ValueError as e:
-    print(f"sw-zoo models: {e}", file=sys.stderr)
-    return 2
-  if args.json:
-    print(json.dumps(info))
-    return 0
-  print(f"model         {info['name']} (variant {info['variant']}, act={info['act']}, attn={info['attn']})")
-  print(f"classes       {info['num_classes']}  (embedding width {info['num_features']})")
-  print(f"params        {info['params']:,}  ({info['params'] / 1e6:.2f} M)")
-  if "flops" in info:
-    print(f"forward       {info['gflops']:.3f} GFLOPs / image at {info['image_size']} px "
-          f"= {info['gmacs']:.3f} GMACs  (XLA cost analysis, float32, batch 1)")
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

@@ -19,6 +19,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from sw_zoo import run_dir
+
 
 class _SkipUnrankedSaveWarning(logging.Filter):
   """Periodic saves carry no metrics by design (only evaluated steps are ranked for keep-best);
@@ -40,7 +42,7 @@ class Checkpointer:
     self.best_metric = best_metric
     if keep_best:
       logging.getLogger("absl").addFilter(_UNRANKED_FILTER)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = run_dir.checkpoints_dir(workdir)
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
@@ -106,30 +108,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    return read_state_arrays(os.path.join(self.directory, str(step)))
+    return run_dir.read_state_arrays(os.path.join(self.directory, str(step)))
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
-
-
-def read_state_arrays(step_dir: str) -> Any:
-  """The `state` item of one saved step (`<checkpoints>/<step>`) as host arrays.
-
-  Works whatever topology wrote it (a pod's checkpoint on a laptop): arrays are read onto one
-  local device, since restoring with the saved shardings needs the saving run's devices; the
-  caller re-shards them if it needs to."""
-  item = os.path.join(step_dir, "state")
-  on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    saved = checkpointer.metadata(item).item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
-    return jax.device_get(checkpointer.restore(item, target))
-  finally:
-    checkpointer.close()
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

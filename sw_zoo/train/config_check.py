@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sw_zoo.data.augment import parse_spec as parse_augment_spec
+from sw_zoo.data.augment_spec import parse_spec as parse_augment_spec
+from sw_zoo.sharding import RULE_SETS, resolve_rules
 from sw_zoo.data.balance import LOSS_WEIGHT_METHODS
 from sw_zoo.train.losses import LOSS_NAMES
 from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -14,8 +15,6 @@ from sw_zoo.train.writer import WANDB_MODES
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("eca", "se", "none")
 
-
-PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
 class ConfigError(ValueError):
@@ -81,7 +80,12 @@ def validate(config: Any) -> None:
   check("loss.asl_clip", lambda v: 0 <= v < 1, "a number in [0, 1)")
   check("loss.focal_gamma", lambda v: v >= 0, "a number >= 0")
   check("loss.focal_alpha", lambda v: v < 0 or 0 <= v <= 1, "a number in [0, 1], or < 0 for none")
-  check("param_sharding", lambda v: v in PARAM_SHARDINGS, f"one of {PARAM_SHARDINGS}")
+  check("param_sharding", lambda v: v in RULE_SETS, f"one of {tuple(RULE_SETS)}")
+  if "sharding_rules" in config:
+    try:
+      resolve_rules("replicated", config.sharding_rules)
+    except (ValueError, TypeError) as e:
+      problems.append(f"config.sharding_rules = {config.sharding_rules!r}: {e}")
   check("peak_flops_per_device", lambda v: v >= 0, "a number >= 0 (0: look up the device kind)")
   check("loss_weights.method", lambda v: v in LOSS_WEIGHT_METHODS, f"one of {LOSS_WEIGHT_METHODS}")
   check("loss_weights.clip", lambda v: v == 0 or v >= 1, "0 (unbounded) or a number >= 1")
@@ -122,3 +126,30 @@ def validate(config: Any) -> None:
   check("wandb.mode", lambda v: v in WANDB_MODES, f"one of {WANDB_MODES}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def check_devices(config: Any, num_devices: int) -> None:
+  """Batch sizes that the devices (and gradient accumulation) divide."""
+  accum = config.optim.grad_accum_steps
+  problems = []
+  if config.batch_size % (num_devices * accum):
+    problems.append(f"config.batch_size={config.batch_size} is not divisible by {num_devices} devices x "
+                    f"config.optim.grad_accum_steps={accum}")
+  eval_bs = config.eval.batch_size or config.batch_size
+  if eval_bs % num_devices:
+    problems.append(f"config.eval.batch_size={eval_bs} is not divisible by {num_devices} devices")
+  if problems:
+    raise ConfigError("; ".join(problems))
+
+
+def check_freeze(config: Any, abstract_params: Any) -> None:
+  """`config.init.freeze` must match some params but not all of them."""
+  from sw_zoo.train import optimizer
+
+  if not config.init.freeze:
+    return
+  frozen, total = optimizer.frozen_count(abstract_params, config.init.freeze)
+  if frozen in (0, total):
+    raise ConfigError(
+        f"config.init.freeze={config.init.freeze!r} matches {'no' if not frozen else 'every'} param; "
+        f"param paths look like {next(iter(optimizer.param_paths(abstract_params).values()))!r}")

@@ -108,7 +108,3 @@ def frozen_count(params: Any, freeze: str) -> tuple[int, int]:
   total = sum(int(v.size) for v in flat.values())
   frozen = sum(int(flat[k].size) for k, m in mask.items() if m)
   return frozen, total
-
-
-def learning_rate_at(schedule: optax.Schedule, step: int) -> float:
-  return float(jax.device_get(schedule(step)))

@@ -1,5 +1,6 @@
-"""Pure train / eval step functions. The loop jits them with shardings; nothing here knows
-about hosts or files (the only device fact is an optional sharding for micro-batches)."""
+"""Pure train-step functions (init and one update). The loop jits them with shardings; nothing
+here knows about hosts or files (the only device fact is an optional sharding for micro-batches).
+Evaluation's forward pass is `sw_zoo.evaluation.evaluator.predict_probs`."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,7 +11,6 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from sw_zoo import metrics
 from sw_zoo.train.state import TrainState
 
 # Stochastic layers in sw_zoo.models draw from these streams.
@@ -113,14 +113,3 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx
            "nonfinite": (~finite).astype(jnp.float32), "skipped_steps": skipped}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
                        skipped_steps=skipped), stats
-
-
-def predict_probs(params: Any, images: jax.Array, *, model: Any) -> jax.Array:
-  logits = model.apply({"params": params}, images.astype(jnp.float32), train=False)
-  return jax.nn.sigmoid(logits.astype(jnp.float32))
-
-
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any, threshold: float) -> dict[str, jax.Array]:
-  """Per-tag counts for one padded batch; summed over the global batch by the sharded reduction."""
-  probs = predict_probs(params, batch["image"], model=model)
-  return metrics.batch_counts(probs, batch["labels"], batch["mask"], threshold)

@@ -7,6 +7,7 @@ get no MFU unless `config.peak_flops_per_device` supplies one.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -59,3 +60,34 @@ def utilisation(step_flops: float | None, steps_per_s: float, num_devices: int,
     if peak_per_device:
       out["mfu"] = achieved / (num_devices * peak_per_device)
   return out
+
+
+class StepTimer:
+  """Training throughput bookkeeping: images/s per log window, and over the whole run with the
+  first window (compilation) and evaluation time left out."""
+
+  def __init__(self, batch_size: int, first_step: int):
+    self.batch_size = batch_size
+    self.first_step = first_step
+    self.window_start, self.window_steps = time.perf_counter(), 0
+    self.timed_images, self.timed_seconds = 0, 0.0
+
+  def step(self) -> None:
+    self.window_steps += 1
+
+  def restart_window(self) -> None:
+    """After work that is not training (an evaluation), so it is not billed to throughput."""
+    self.window_start = time.perf_counter()
+
+  def close_window(self, step: int) -> tuple[float, float, int]:
+    """Ends the log window at `step`: (images/s, steps/s, steps in the window)."""
+    elapsed = time.perf_counter() - self.window_start
+    steps = self.window_steps
+    if step - steps > self.first_step:  # the first window includes compilation
+      self.timed_images += steps * self.batch_size
+      self.timed_seconds += elapsed
+    self.window_start, self.window_steps = time.perf_counter(), 0
+    return steps * self.batch_size / elapsed, steps / elapsed, steps
+
+  def run_images_per_s(self) -> float | None:
+    return self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None

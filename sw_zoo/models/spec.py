@@ -1,0 +1,57 @@
+"""`ModelSpec`: the `create_model` arguments that rebuild a trained model, in one place.
+
+A run's config (`model.name/act/attn/dtype`) and a bundle's `config.json` (`model`) both describe
+a model this way; everything that rebuilds a model from either goes through `ModelSpec.create`,
+so the trainer, `sw-zoo eval`, `sw-zoo export` and `Tagger` build exactly the same network.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str
+  num_tags: int
+  act: str | None = None
+  attn: str | None = None  # None keeps the variant's own attention; configs spell "none" -> None
+  dtype: str = "float32"  # compute dtype it was trained with (params are float32)
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # NFNetConfig fields
+
+  def create(self, *, dtype: Any = None, conv_impl: str = "auto", **training_options: Any):
+    """The (unbound) linen module. `training_options` (drop_path_rate, remat) only change how the
+    model trains, never its params."""
+    import jax.numpy as jnp  # jax only when a model is built
+
+    from sw_zoo.models.registry import create_model
+
+    return create_model(self.name, num_classes=self.num_tags, act=self.act, attn=self.attn,
+                        dtype=jnp.dtype(dtype or self.dtype), conv_impl=conv_impl,
+                        **dict(self.overrides), **training_options)
+
+  def to_json(self) -> dict[str, Any]:
+    return {"name": self.name, "act": self.act, "attn": self.attn, "dtype": self.dtype,
+            "num_tags": self.num_tags, "overrides": dict(self.overrides)}
+
+
+def spec_from_run_config(config: Mapping[str, Any], num_tags: int) -> ModelSpec:
+  """The model a training config (a ConfigDict or its config.json) builds, with `num_tags` outputs."""
+  model = config["model"]
+  attn = model.get("attn") if hasattr(model, "get") else model["attn"]
+  return ModelSpec(name=model["name"], num_tags=int(num_tags), act=model.get("act"),
+                   attn=None if attn in (None, "none") else attn, dtype=str(model.get("dtype") or "float32"))
+
+
+def param_shapes(spec: ModelSpec, image_size: int = 64) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'a/b/kernel': (shape, dtype)} of the params `spec` builds, without computing anything."""
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+
+  model = spec.create(dtype="float32")
+  size = min(int(image_size), 64)  # NFNet params do not depend on the input size
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  flat = traverse_util.flatten_dict(variables["params"])
+  return {"/".join(map(str, k)): (tuple(v.shape), jnp.dtype(v.dtype).name) for k, v in flat.items()}
