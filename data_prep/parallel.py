@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import itertools
 import multiprocessing
+import os
 import signal
+import sys
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -23,7 +26,29 @@ def _run_batch(fn: Callable[[T], R], batch: list[T]) -> list[R]:
   return [fn(x) for x in batch]
 
 
-def _init_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+  """Linux: asks the kernel to SIGKILL this process when its parent dies.
+
+  A SIGKILLed parent cannot shut its pool down, and the workers (which hold the pipe that keeps
+  multiprocessing's resource tracker alive) would otherwise run on as orphans. Elsewhere a no-op.
+  """
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  except (OSError, AttributeError):
+    return  # No prctl (unusual libc): the workers just lose this safety net.
+  # The parent may have died before prctl took effect; then nothing would ever signal us.
+  if os.getppid() != parent_pid:
+    os._exit(1)
+
+
+def _init_worker(initializer: Callable[..., None] | None, initargs: tuple, parent_pid: int) -> None:
+  die_with_parent(parent_pid)
   # Ctrl-C reaches the whole process group; the parent handles it and shuts the workers down.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   if initializer is not None:
@@ -48,7 +73,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
   # spawn, not fork: callers may have JAX / grain threads running, which fork does not survive.
   executor = concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-      initargs=(initializer, initargs))
+      initargs=(initializer, initargs, os.getpid()))
   pending: collections.deque = collections.deque()
 
   def submit() -> bool:

@@ -62,6 +62,10 @@ def print_summary(out_dir: str, report: dict) -> None:
   if report["excluded"]:
     print("excluded by design: " +
           ", ".join(f"{k} {v}" for k, v in sorted(report["excluded"].items())))
+  dropped = report["tags"].get("dropped_unused")
+  if dropped:
+    print(f"dropped {len(dropped)} tags whose training images were all unreadable: "
+          + ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
   unknown = report["tags"]["unknown"]["occurrences"]
   if unknown:
     print(f"unknown tags: {unknown} occurrences of {report['tags']['unknown']['distinct']} "

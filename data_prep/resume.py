@@ -2,9 +2,10 @@
 
 After each shard a small JSON file in `<out>/_prepare/` records it (file, size, skipped items,
 label counts). A rerun with the same inputs and arguments (checked by a fingerprint of arguments,
-vocabulary and split sizes) skips recorded shards; a rerun with other arguments starts over.
-`dataset.json` is written last; its presence marks completion, and rerunning a completed
-conversion is a no-op.
+vocabulary, split sizes and the content of every input, `data_prep.inputs`) skips recorded
+shards; a rerun with other arguments or inputs starts over. `dataset.json` is written last; its
+presence marks completion, and rerunning a completed conversion is a no-op, while a completed
+one whose inputs or options changed is refused (saying what changed) unless overwritten.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import os
 import shutil
 from typing import Any
 
+import numpy as np
+
+from data_prep import inputs
 from data_prep.options import PrepareOptions
 from data_prep.report import REPORT_FILENAME, Written
 from data_prep.sources import Source
 from sw_zoo.data.atomic_file import atomic_write_text
+from sw_zoo.data.file_hash import sha256_file
 from sw_zoo.data.dataset_info import DATASET_INFO_FILENAME, read_dataset_info
 from sw_zoo.data.shard_writer import SHARD_SUFFIX
 from sw_zoo.data.vocab import Tag, TagVocab
@@ -38,32 +43,74 @@ def _fingerprint(payload: Any) -> str:
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+# The parts of "generator" that are arguments (as opposed to inputs), compared key by key to say
+# which changed.
+_ARGUMENT_KEYS = ("name", "version", "kind", "source", "options")
+
+
 def generator_info(source: Source, options: PrepareOptions, plan_items: dict[str, int],
-                   vocab: TagVocab) -> dict[str, Any]:
-  """dataset.json's "generator": what made the dataset, with the fingerprint a rerun compares."""
+                   vocab: TagVocab, inputs_info: dict[str, Any]) -> dict[str, Any]:
+  """dataset.json's "generator": what made the dataset, with the fingerprint a rerun compares.
+
+  `inputs_info`: {"mode", "items", "digest"} of the inputs' content (`data_prep.inputs`)."""
   generator = {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "kind": source.kind,
-               "source": source.describe(), "options": options.as_json()}
+               "source": source.describe(), "options": options.as_json(), "inputs": inputs_info}
   generator["fingerprint"] = _fingerprint(
       {"generator": generator, "plan": plan_items,
        "vocab": [(t.name, t.category, t.tag_id) for t in vocab]})
   return generator
 
 
-def completed_report(out_dir: str, fingerprint: str, overwrite: bool) -> dict[str, Any] | None:
-  """The report of a completed dataset with this fingerprint in `out_dir` (nothing left to do),
-  else None. A completed dataset made differently is un-marked when `overwrite`, otherwise
-  FileExistsError."""
+def _what_changed(out_dir: str, old: dict[str, Any], new: dict[str, Any],
+                  pairs: np.ndarray) -> str:
+  """Why a completed dataset made by `old` ("generator") is not what `new` would make."""
+  parts = []
+  old_inputs, new_inputs = old.get("inputs") or {}, new["inputs"]
+  if old_inputs.get("digest") != new_inputs["digest"]:
+    stored = inputs.load(out_dir)
+    if old_inputs and old_inputs.get("mode") != new_inputs["mode"]:
+      parts.append(f"its inputs were fingerprinted with --fingerprint {old_inputs.get('mode')}, "
+                   f"this run uses {new_inputs['mode']}")
+    elif stored is None:
+      parts.append(f"inputs may have changed since (no {inputs.INPUT_MANIFEST_FILENAME} to "
+                   "compare with)")
+    else:
+      c = inputs.compare(stored, pairs)
+      parts.append(f"inputs changed since: {c.added} added / {c.modified} modified / "
+                   f"{c.removed} removed")
+  changed = [k for k in _ARGUMENT_KEYS if old.get(k) != new.get(k)]
+  if "options" in changed:
+    old_options = old.get("options") or {}
+    changed.remove("options")
+    changed += [f"--{k.replace('_', '-')}" for k in sorted(new["options"])
+                if old_options.get(k) != new["options"][k]]
+  if changed:
+    parts.append("options changed since: " + ", ".join(changed))
+  if not parts:  # Same arguments and inputs, yet another fingerprint (another vocabulary).
+    parts.append("it was made from other inputs or options")
+  return "; ".join(parts)
+
+
+def completed_report(out_dir: str, generator: dict[str, Any], pairs: np.ndarray,
+                     overwrite: bool) -> dict[str, Any] | None:
+  """The report of a completed dataset with `generator`'s fingerprint in `out_dir` (nothing left
+  to do; says so on stdout), else None. A completed dataset made differently is un-marked when
+  `overwrite`, otherwise FileExistsError saying what changed (`pairs`: this run's inputs)."""
   info_path = os.path.join(out_dir, DATASET_INFO_FILENAME)
   if not os.path.exists(info_path):
     return None
   try:
     existing = read_dataset_info(out_dir)
-    same = existing.get("generator", {}).get("fingerprint") == fingerprint
-    problem = "a dataset made from other inputs or options"
+    old = existing.get("generator", {})
+    made = existing.get("created", "at an unknown time")
+    same = old.get("fingerprint") == generator["fingerprint"]
+    problem = None if same else f"a dataset made {made}; " + _what_changed(out_dir, old, generator,
+                                                                          pairs)
   except (ValueError, FileNotFoundError) as e:
     same, problem = False, f"an invalid dataset ({e})"
   if same:
-    log.info("%s already holds this dataset; nothing to do", out_dir)
+    # Printed, not only logged: a silent no-op reads as "it did nothing, is it broken?".
+    print(f"{out_dir}: already complete (made {made}); nothing to do", flush=True)
     report_path = os.path.join(out_dir, REPORT_FILENAME)
     if os.path.isfile(report_path):
       with open(report_path, encoding="utf-8") as f:
@@ -71,8 +118,8 @@ def completed_report(out_dir: str, fingerprint: str, overwrite: bool) -> dict[st
     return {"out_dir": out_dir, "written": {s: v["num_examples"]
                                             for s, v in existing["splits"].items()}}
   if not overwrite:
-    raise FileExistsError(f"{out_dir} already holds {problem}; pass --overwrite to replace "
-                          "it, or choose another directory")
+    raise FileExistsError(f"{out_dir} holds {problem}; pass --overwrite to rebuild it, or choose "
+                          "another directory")
   os.remove(info_path)  # From here until the new dataset.json the directory is incomplete.
   return None
 
@@ -119,7 +166,13 @@ def read_record(progress_dir: str, out_dir: str, split: str, index: int) -> dict
     shard_path = os.path.join(out_dir, shard)
     if not os.path.isfile(shard_path) or os.path.getsize(shard_path) != record.get("bytes"):
       return None
+    # A shard whose labels were remapped (data_prep.prune) counts only if the rename happened;
+    # the size alone cannot tell, remapped indices often encode to as many bytes.
+    if "remapped_sha256" in record and sha256_file(shard_path) != record["remapped_sha256"]:
+      return None
   return record
+
+
 
 
 def load_done(progress_dir: str, out_dir: str, plan_shards: dict[str, int]) -> set:

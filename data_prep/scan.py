@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from data_prep.inputs import InputHasher
 from data_prep.options import PrepareOptions
 from data_prep.sources import Source
 from data_prep.splits import EXCLUSION_REASONS, resolve_items
@@ -29,8 +30,10 @@ class Scan:
   unknown_ratings: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
-def scan(source: Source, mapper: TagMapper, options: PrepareOptions, show_progress: bool) -> Scan:
-  """Reads the source's metadata once and counts what the vocabulary and the shard plan need."""
+def scan(source: Source, mapper: TagMapper, options: PrepareOptions, show_progress: bool,
+         hasher: InputHasher | None = None) -> Scan:
+  """Reads the source's metadata once and counts what the vocabulary and the shard plan need;
+  every item, rejected ones included, is also fed to `hasher` (the inputs' fingerprint)."""
   result = Scan()
   if source.split_by != "source":
     result.split_sizes = {"train": 0, "validation": 0}
@@ -38,6 +41,8 @@ def scan(source: Source, mapper: TagMapper, options: PrepareOptions, show_progre
   with progress.bar(None, "scan", unit=" items", enabled=show_progress) as bar:
     for r in resolved:
       bar.update(1)
+      if hasher is not None:
+        hasher.add(r.item)
       if r.reason is not None:
         result.rejected_counts[r.reason] += 1
         if r.reason not in EXCLUSION_REASONS:

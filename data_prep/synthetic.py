@@ -16,12 +16,21 @@ Determinism: example `i` of split `s` is drawn from `np.random.default_rng([seed
 (missing-label simulation from `[seed, s, i, 1]`), so output bytes do not depend on the number
 of worker processes. Shards are written first; `dataset.json` last and atomically, so its
 presence marks a complete dataset.
+
+Output directory (`check_output`): the generator writes only into a directory that is absent,
+empty, or holds its own output: a dataset.json written by this generator, or the
+`.sw_zoo_synthetic` marker (its arguments, as JSON) that it writes before anything else and
+removes once dataset.json is in place, so that an interrupted generation can be rerun. Anything
+else (a prepared dataset, an interrupted `prepare`'s shards, unrelated files) is refused unless
+forced: the trainer generates into config.data.dir on its own, which must not cost a user their
+shards.
 """
 
 from __future__ import annotations
 
 import glob
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -35,6 +44,7 @@ from PIL import Image
 from data_prep.synthetic_scene import (CHARACTER_TAGS, GENERAL_TAGS, RATING_TAGS, rating_of,
                                        render_scene)
 from sw_zoo import progress
+from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir
 from sw_zoo.data.dataset_info import (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME,
                                       read_dataset_info, write_dataset_info)
 from sw_zoo.data.records import encode_record
@@ -50,6 +60,8 @@ GENERATOR_VERSION = 1
 SPLITS = ("train", "validation")  # Position in this tuple is the split id fed to the RNG.
 # Validation ids are offset so ids are unique across splits and independent of --num-train.
 _SPLIT_ID_OFFSET = 1_000_000_000
+# Written first, removed last: says "a synthetic generation is in progress here" (see above).
+MARKER_FILENAME = ".sw_zoo_synthetic"
 
 
 def tag_vocab(counts: dict[str, int] | None = None) -> TagVocab:
@@ -110,6 +122,23 @@ def _generator_args(num_train, num_val, image_size, seed, drop_tag_fraction, sha
   return {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "num_train": num_train,
           "num_val": num_val, "image_size": image_size, "seed": seed,
           "drop_tag_fraction": drop_tag_fraction, "shard_size": shard_size}
+
+
+def is_synthetic_output(path: str) -> bool:
+  """Whether `path` holds this generator's output: a dataset.json it wrote, or its marker."""
+  if os.path.isfile(os.path.join(path, MARKER_FILENAME)):
+    return True
+  try:
+    with open(os.path.join(path, DATASET_INFO_FILENAME), encoding="utf-8") as f:
+      generator = json.load(f).get("generator")
+  except (OSError, ValueError, AttributeError):
+    return False
+  return isinstance(generator, dict) and generator.get("name") == GENERATOR_NAME
+
+
+def check_output(out_dir: str | os.PathLike, force: bool = False) -> None:
+  """OutputRefused unless the synthetic set may be written into `out_dir` (module docstring)."""
+  check_output_dir(out_dir, is_own=is_synthetic_output, what="a synthetic dataset", force=force)
 
 
 def _reuse_existing(out_dir: str, args: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
@@ -174,11 +203,13 @@ def _write_splits(out_dir: str, config: _Config, sizes: dict[str, int], shard_si
 def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: int = 1_000,
              image_size: int = 128, seed: int = 0, drop_tag_fraction: float = 0.0,
              shard_size: int = 2_000, workers: int | None = None, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             force: bool = False, progress: bool = True) -> dict[str, Any]:
   """Generates the synthetic dataset into `out_dir` and returns its dataset.json contents.
 
-  A no-op (returning the existing info) when `out_dir` already holds a complete dataset made
-  with the same arguments. A complete dataset made with other arguments is replaced only with
+  `out_dir` must be absent, empty or hold this generator's (possibly partial) output; any other
+  directory is refused (OutputRefused, nothing written) unless `force=True`. A no-op (returning
+  the existing info) when `out_dir` already holds a complete dataset made with the same
+  arguments. A complete dataset made with other arguments is replaced only with
   `overwrite=True`; otherwise FileExistsError. `workers` defaults to the CPU count; 1 (or 0)
   generates in this process. Output bytes do not depend on `workers`.
   """
@@ -195,10 +226,12 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
     raise ValueError(f"shard_size must be positive, got {shard_size}")
   args = _generator_args(num_train, num_val, image_size, seed, float(drop_tag_fraction),
                          shard_size)
+  check_output(out_dir, force=force)
   existing = _reuse_existing(out_dir, args, overwrite)
   if existing is not None:
     return existing
   os.makedirs(out_dir, exist_ok=True)
+  atomic_write_text(os.path.join(out_dir, MARKER_FILENAME), json.dumps(args) + "\n")
   for leftover in glob.glob(os.path.join(out_dir, "*.array_record.tmp")):
     os.remove(leftover)
 
@@ -218,6 +251,7 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
     for path in glob.glob(os.path.join(out_dir, f"{split}-*-of-*.array_record")):
       if os.path.basename(path) not in keep:
         os.remove(path)
+  os.remove(os.path.join(out_dir, MARKER_FILENAME))  # dataset.json now says whose this is.
   log.info("wrote %d train + %d validation images to %s in %.1f s", num_train, num_val,
            out_dir, time.perf_counter() - start)
   return info
@@ -225,6 +259,6 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
 
 if __name__ == "__main__":
   # `python -m data_prep.synthetic`: the documented entry point; the command lives in the CLI.
-  from sw_zoo.cli.synthetic import main
+  from sw_zoo.cli import commands
 
-  sys.exit(main())
+  sys.exit(commands.main(["synthetic", *sys.argv[1:]]))

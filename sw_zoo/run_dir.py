@@ -13,6 +13,7 @@ and reads params here, so the layout can change in one place.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -124,12 +125,26 @@ def read_state_arrays(step_dir: str) -> Any:
   item = os.path.join(step_dir, "state")
   on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   checkpointer = ocp.StandardCheckpointer()
+  # The step's _CHECKPOINT_METADATA sits one level up, in <step>/, where the CheckpointManager
+  # wrote it; reading the `state` item alone makes Orbax warn that it is missing, on every run.
+  quiet = _DropMessage("Metadata file does not exist")
+  logging.getLogger("absl").addFilter(quiet)
   try:
     saved = checkpointer.metadata(item).item_metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device), saved)
     return jax.device_get(checkpointer.restore(item, target))
   finally:
+    logging.getLogger("absl").removeFilter(quiet)
     checkpointer.close()
+
+
+class _DropMessage(logging.Filter):
+  def __init__(self, text: str):
+    super().__init__()
+    self.text = text
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return self.text not in record.getMessage()
 
 
 def read_params(step_dir: str, *, use_ema: bool = True) -> tuple[dict[tuple[str, ...], np.ndarray], str]:

@@ -112,16 +112,17 @@ def test_write_refuses_params_that_do_not_fit(source_bundle, tmp_path):
 
 def test_replacement_is_atomic(source_bundle, tmp_path):
   out = tmp_path / "out"
-  bundle_lib.replace_dir(str(out), lambda d: open(os.path.join(d, "old"), "w").close())
+  own = {"is_own": lambda p: set(os.listdir(p)) <= {"old", "new"}, "what": "test output"}
+  bundle_lib.replace_dir(str(out), lambda d: open(os.path.join(d, "old"), "w").close(), **own)
 
   def crash(directory):
     open(os.path.join(directory, "half"), "w").close()
     raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    bundle_lib.replace_dir(str(out), crash)
+    bundle_lib.replace_dir(str(out), crash, **own)
   assert os.listdir(out) == ["old"] and os.listdir(tmp_path) == ["out"]  # old kept, temp removed
-  bundle_lib.replace_dir(str(out), lambda d: open(os.path.join(d, "new"), "w").close())
+  bundle_lib.replace_dir(str(out), lambda d: open(os.path.join(d, "new"), "w").close(), **own)
   assert os.listdir(out) == ["new"] and os.listdir(tmp_path) == ["out"]
 
 

@@ -171,7 +171,7 @@ def test_find_missing_tags_held_out_and_cross_validated_agree(noisy_data, model_
 
   # The same prediction set twice covers images twice: refused, naming a record.
   assert cli.main(["find-missing-tags", "--data", noisy_data, "--predictions", pred_dirs[0], pred_dirs[0],
-                   "--out", str(tmp_path / "dup"), "--no-progress"]) == 1
+                   "--out", str(tmp_path / "dup"), "--no-progress"]) == 2
   assert "more than one prediction set" in capsys.readouterr().err
 
 
@@ -184,9 +184,9 @@ def test_refuses_in_sample_predictions_and_unknown_categories(noisy_data, model_
                           tags=loaded.tags, source={"workdir": str(workdir), "step": 1, "weights": "params"})
   args = ["find-missing-tags", "--data", noisy_data, "--split", "train", "--model", str(workdir),
           "--out", str(tmp_path / "r"), "--no-progress"]
-  assert cli.main(args) == 1
+  assert cli.main(args) == 2
   assert "in-sample" in capsys.readouterr().err
-  assert cli.main(args + ["--allow-in-sample", "--categories", "general,nonsense"]) == 1
+  assert cli.main(args + ["--allow-in-sample", "--categories", "general,nonsense"]) == 2
   assert "nonsense" in capsys.readouterr().err
 
 
@@ -247,9 +247,9 @@ def test_index_a_dataset_and_failed_builds_keep_the_old_index(noisy_data, model_
   empty = tmp_path / "nothing_readable"
   empty.mkdir()
   (empty / "x.png").write_bytes(b"not a png")
-  assert cli.main(["index", str(empty), "--model", model_dir, "--out", str(out), "--no-progress"]) == 1
+  assert cli.main(["index", str(empty), "--model", model_dir, "--out", str(out), "--no-progress"]) == 2
   assert "nothing to index" in capsys.readouterr().err
   assert (out / "index.json").read_text() == before
   assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
-  assert cli.main(["index", noisy_data, "--split", "nope", "--model", model_dir, "--out", str(out)]) == 1
+  assert cli.main(["index", noisy_data, "--split", "nope", "--model", model_dir, "--out", str(out)]) == 2
   assert "'nope'" in capsys.readouterr().err

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from sw_zoo import cli
-from sw_zoo.cli import prepare as data_prep_main
 from data_prep import convert
 from data_prep.sources.danbooru import DanbooruSource
 from data_prep.sources.folder import FolderSource
@@ -323,7 +322,7 @@ def test_sqlite_fire_eggs_schema(tmp_path):
   got_other, _ = _read(tmp_path / "other")
   assert set(got_other) == set(got) | {"512px/0003/3003.jpg"}  # No --where this time.
   # The same through the command line, with the schema flags.
-  assert data_prep_main.main([
+  assert cli.main(["prepare",
       "sqlite", str(tmp_path / "other.sqlite"), "--image-root", str(tmp_path), "--out",
       str(tmp_path / "cli"), "--images-table", "posts", "--image-id-column", "id",
       "--where", "is_deleted = 0", "--val-permille", "30", "--shard-size", "4", "--max-side",
@@ -391,7 +390,7 @@ def test_cli_prepare_and_inspect(folder, tmp_path, capsys):
   with Image.open(sheet) as im:
     assert im.format == "PNG" and im.size[0] >= 224
   # Errors are reported, not raised.
-  assert data_prep_main.main(["folder", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+  assert cli.main(["prepare", "folder", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
   assert "not a directory" in capsys.readouterr().err
 
 
@@ -411,3 +410,183 @@ def test_prepared_dataset_feeds_the_training_pipeline(folder_out):
   batch = next(iter(ds))
   assert batch["image"].shape == (4, 24, 24, 3) and batch["labels"].shape[0] == 4
   assert int(batch["mask"].sum()) == 4 and len(ds) == -(-report["written"]["train"] // 4)
+
+
+# --------------------------------------------------------- output dir, input changes, pruning
+
+from data_prep import splits as splits_lib  # noqa: E402
+from sw_zoo.data.atomic_file import OutputRefused  # noqa: E402
+
+
+def _tree_bytes(root):
+  """{relative path: bytes} of every file under root (to assert a refusal touched nothing)."""
+  return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+          for d, _, files in os.walk(root) for f in files}
+
+
+def _small_folder(root, n=6):
+  root.mkdir(parents=True, exist_ok=True)
+  for i in range(n):
+    (root / f"img{i}.jpg").write_bytes(_jpeg(100 + i))
+    (root / f"img{i}.txt").write_text(f"1girl, {'hat' if i % 2 else 'solo'}, rating:g")
+  return root
+
+
+def test_prepare_refuses_an_out_dir_that_is_not_its_own(tmp_path, capsys):
+  root = _small_folder(tmp_path / "images")
+  out = tmp_path / "mine"
+  out.mkdir()
+  (out / "notes.txt").write_text("my notes")
+  (out / "train-00000-of-00001.array_record").write_bytes(b"user shard")
+  before = _tree_bytes(out)
+  with pytest.raises(OutputRefused, match="--force"):
+    convert.prepare(FolderSource(root), out, convert.PrepareOptions(**SMALL), workers=1,
+                    progress=False)
+  assert _tree_bytes(out) == before
+  assert cli.main(["prepare", "folder", str(root), "--out", str(out), "--workers", "1"]) == 2
+  err = capsys.readouterr().err
+  assert str(out) in err and "--force" in err and _tree_bytes(out) == before
+  # The image root itself, or a directory holding it, is never an output, even with --force.
+  images_before = _tree_bytes(root)
+  for bad in (root, tmp_path):
+    with pytest.raises(OutputRefused, match="input"):
+      convert.prepare(FolderSource(root), bad, convert.PrepareOptions(**SMALL), workers=1,
+                      force=True, progress=False)
+  assert _tree_bytes(root) == images_before
+  # --force writes next to the user's files (kept); an --out inside the image tree is fine.
+  assert cli.main(["prepare", "folder", str(root), "--out", str(out), "--workers", "1",
+                   "--force", "--no-progress"]) == 0
+  assert (out / "notes.txt").read_text() == "my notes" and (out / "dataset.json").exists()
+  inside = root / "prepared"
+  assert cli.main(["prepare", "folder", str(root), "--out", str(inside), "--workers", "1",
+                   "--no-progress"]) == 0
+  assert len(_read(inside)[0]) == 6
+
+
+def test_rerun_notices_fixed_edited_added_and_removed_inputs(tmp_path, capsys):
+  root = _small_folder(tmp_path / "images")
+  good = _jpeg(7)
+  (root / "broken.jpg").write_bytes(good[:len(good) // 2])
+  (root / "broken.txt").write_text("1girl, solo")
+  out = tmp_path / "out"
+
+  def run(**kwargs):
+    return convert.prepare(FolderSource(root), out, convert.PrepareOptions(**SMALL), workers=1,
+                           progress=False, **kwargs)
+
+  report = run()
+  assert ("truncated_image", "broken.jpg") in _skipped_keys(report)
+  capsys.readouterr()
+  run()
+  assert "already complete (made" in capsys.readouterr().out
+  # Fixing the broken image used to be a silent no-op.
+  (root / "broken.jpg").write_bytes(good)
+  with pytest.raises(FileExistsError, match="0 added / 1 modified / 0 removed; pass --overwrite"):
+    run()
+  report = run(overwrite=True)
+  assert not report["skipped"] and "broken.jpg" in _read(out)[0]
+  # Swapped captions: two items modified.
+  a, b = (root / "img0.txt").read_text(), (root / "img1.txt").read_text()
+  (root / "img0.txt").write_text(b)
+  (root / "img1.txt").write_text(a)
+  with pytest.raises(FileExistsError, match="0 added / 2 modified / 0 removed"):
+    run()
+  run(overwrite=True)
+  assert _read(out)[0]["img0.jpg"][0] == {"1girl", "hat", "general"}
+  (root / "new.jpg").write_bytes(_jpeg(8))
+  (root / "new.txt").write_text("1girl")
+  os.remove(root / "img2.jpg")
+  with pytest.raises(FileExistsError, match="1 added / 0 modified / 1 removed"):
+    run()
+  run(overwrite=True)
+  # Only options changed: said so, without input counts.
+  with pytest.raises(FileExistsError, match=r"made .*; options changed since: --quality;"):
+    convert.prepare(FolderSource(root), out, convert.PrepareOptions(**{**SMALL, "quality": 80}),
+                    workers=1, progress=False)
+  stored = np.load(out / "input_manifest.npy", allow_pickle=False)
+  assert stored.dtype == np.uint64 and stored.shape == (6 - 1 + 2, 2)  # img2 gone; broken, new
+  # --fingerprint hash looks at bytes: a touched but unchanged file is not a change.
+  hashed = tmp_path / "hashed"
+  convert.prepare(FolderSource(root), hashed, convert.PrepareOptions(**SMALL), workers=1,
+                  progress=False, fingerprint="hash")
+  os.utime(root / "img3.jpg", ns=(1, 1))
+  capsys.readouterr()
+  convert.prepare(FolderSource(root), hashed, convert.PrepareOptions(**SMALL), workers=1,
+                  progress=False, fingerprint="hash")
+  assert "already complete" in capsys.readouterr().out
+  with pytest.raises(FileExistsError, match="0 added / 1 modified / 0 removed"):
+    run()
+
+
+def _name_in_split(prefix, split, val_permille=250):
+  for i in range(1000):
+    name = f"{prefix}{i}.jpg"
+    if splits_lib.split_of_bucket(splits_lib._key_bucket(name), val_permille, 0) == split:
+      return name
+  raise AssertionError("no name found")
+
+
+def test_tag_whose_only_training_images_are_unreadable_is_dropped(tmp_path):
+  root = _small_folder(tmp_path / "images", n=10)
+  for i in range(10):  # 'hero' is a character: it comes after every general tag in the vocab.
+    (root / f"img{i}.txt").write_text(f"1girl, hero, {'hat' if i % 2 else 'solo'}, rating:g")
+  bad = _name_in_split("bad", "train")
+  (root / bad).write_bytes(b"not an image at all")
+  (root / bad.replace(".jpg", ".txt")).write_text("1girl, ghost, rating:g")
+  val = _name_in_split("val", "validation")  # 'ghost' also labels a validation image.
+  (root / val).write_bytes(_jpeg(9))
+  (root / val.replace(".jpg", ".txt")).write_text("1girl, ghost, hero, rating:g")
+  (tmp_path / "cats.csv").write_text("1girl,0\nhat,0\nsolo,0\nghost,0\nhero,4\n")
+  out = tmp_path / "out"
+  report = convert.prepare(FolderSource(root), out,
+                           convert.PrepareOptions(**SMALL, tag_categories=str(tmp_path / "cats.csv")),
+                           workers=1, progress=False)
+  got, vocab = _read(out)
+  assert "ghost" not in vocab.names and vocab.names[-1] == "hero"
+  assert report["tags"]["dropped_unused"] == ["ghost"] and report["num_labels"] == len(vocab)
+  assert all(vocab.counts[i] > 0 for i in range(4, len(vocab)))
+  assert got[val][0] == {"1girl", "hero", "general"}
+  assert all("hero" in labels for labels, *_ in got.values())
+  assert dataset_info.read_dataset_info(out)["num_labels"] == len(vocab)
+  assert not (out / convert.PROGRESS_DIR).exists()
+
+
+def test_sigkill_of_prepare_leaves_no_worker_behind(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  psutil = pytest.importorskip("psutil")
+  root = tmp_path / "images"
+  root.mkdir()
+  buffer = io.BytesIO()  # Big, cheap to write, slow to decode: keeps the workers busy.
+  Image.new("RGB", (3000, 3000), (10, 20, 30)).save(buffer, format="PNG")
+  for i in range(200):
+    (root / f"img{i:03d}.png").write_bytes(buffer.getvalue())
+    (root / f"img{i:03d}.txt").write_text("1girl")
+  proc = subprocess.Popen([sys.executable, "-m", "data_prep", "folder", str(root), "--out",
+                           str(tmp_path / "out"), "--workers", "2", "--no-progress"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    children: list = []
+    while time.time() < deadline and proc.poll() is None:
+      children = parent.children(recursive=True)
+      if len(children) >= 3:  # 2 workers + the resource tracker
+        break
+      time.sleep(0.2)
+    assert len(children) >= 3, "the workers never started"
+    time.sleep(1.0)  # Let them get busy.
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [p.pid for p in alive]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    for child in children:  # Do not leave orphans behind when the assertion fails.
+      try:
+        child.kill()
+      except psutil.NoSuchProcess:
+        pass

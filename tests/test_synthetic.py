@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from sw_zoo.cli import synthetic as cli_synthetic
+from sw_zoo import cli
 from sw_zoo.data import dataset_info, records, vocab
 
 SMALL = dict(num_train=64, num_val=24, image_size=32, seed=0, shard_size=16)
@@ -118,11 +118,84 @@ def test_rerun_is_noop_and_other_args_need_overwrite(tmp_path, caplog):
 
 def test_cli(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    cli_synthetic.main(["--help"])
+    cli.main(["synthetic", "--help"])
   assert exit_info.value.code == 0
   assert "--drop-tag-fraction" in capsys.readouterr().out
-  assert cli_synthetic.main(["--out", str(tmp_path), "--num-train", "8", "--num-val", "4",
+  assert cli.main(["synthetic", "--out", str(tmp_path), "--num-train", "8", "--num-val", "4",
                          "--image-size", "32", "--workers", "1", "--no-progress"]) == 0
   assert dataset_info.read_dataset_info(tmp_path)["splits"]["validation"]["num_examples"] == 4
-  assert cli_synthetic.main(["--out", str(tmp_path), "--num-train", "9", "--workers", "1",
+  assert cli.main(["synthetic", "--out", str(tmp_path), "--num-train", "9", "--workers", "1",
                          "--no-progress"]) == 2
+
+
+def _interrupted_prepare_dir(path):
+  """What an interrupted `prepare` leaves: shards and selected_tags.csv, no dataset.json."""
+  (path / "_prepare").mkdir(parents=True)
+  (path / "_prepare" / "state.json").write_text('{"fingerprint": "abc"}\n')
+  (path / "train-00000-of-00002.array_record").write_bytes(b"user shard 0")
+  (path / "selected_tags.csv").write_text("tag_id,name,category,count\n")
+  return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def _files(path):
+  return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_refuses_a_directory_holding_someone_elses_data(tmp_path, capsys):
+  from sw_zoo.data.atomic_file import OutputRefused
+  data = tmp_path / "data"
+  before = _interrupted_prepare_dir(data)
+  with pytest.raises(OutputRefused, match="--force") as e:
+    synthetic.generate(data, **SMALL, workers=1, progress=False)
+  assert str(data) in str(e.value) and _files(data) == before
+  assert cli.main(["synthetic", "--out", str(data), "--num-train", "8", "--num-val", "4",
+                             "--image-size", "32", "--workers", "1", "--no-progress"]) == 2
+  assert str(data) in capsys.readouterr().err and _files(data) == before
+  # --force writes the synthetic set next to the files it does not own.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  assert cli.main(["synthetic", "--out", str(other), "--num-train", "8", "--num-val", "4",
+                             "--image-size", "32", "--workers", "1", "--no-progress",
+                             "--force"]) == 0
+  assert (other / "notes.txt").read_text() == "mine"
+  assert not (other / synthetic.MARKER_FILENAME).exists()
+
+
+def test_trainer_does_not_generate_over_an_interrupted_prepare(tmp_path):
+  """Regression: config.data.synthetic.enabled used to generate into a data dir holding a
+  user's shards (no dataset.json yet) and delete them."""
+  import ml_collections
+  from sw_zoo.cli.train import ensure_synthetic_dataset
+  from sw_zoo.data.atomic_file import OutputRefused
+  data = tmp_path / "data"
+  before = _interrupted_prepare_dir(data)
+  config = ml_collections.ConfigDict({"data": {"dir": str(data), "synthetic": {
+      "enabled": True, "num_train": 8, "num_val": 4, "image_size": 32, "seed": 0,
+      "drop_tag_fraction": 0.0}}})
+  with pytest.raises(OutputRefused, match=str(data)):
+    ensure_synthetic_dataset(config)
+  assert _files(data) == before
+  config.data.dir = str(tmp_path / "fresh")  # Absent: generated as before.
+  ensure_synthetic_dataset(config)
+  assert dataset_info.read_dataset_info(tmp_path / "fresh")["generator"]["name"] == synthetic.GENERATOR_NAME
+
+
+def test_an_interrupted_generation_is_its_own_and_resumes(tmp_path, monkeypatch):
+  calls = []
+  real = synthetic._write_splits
+
+  def interrupt(*args, **kwargs):
+    calls.append(1)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(synthetic, "_write_splits", interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    synthetic.generate(tmp_path, **SMALL, workers=1, progress=False)
+  assert (tmp_path / synthetic.MARKER_FILENAME).exists()
+  (tmp_path / "train-00000-of-00009.array_record").write_bytes(b"partial")  # an old partial shard
+  monkeypatch.setattr(synthetic, "_write_splits", real)
+  info = synthetic.generate(tmp_path, **SMALL, workers=1, progress=False)
+  assert info["splits"]["train"]["num_examples"] == SMALL["num_train"]
+  assert not (tmp_path / synthetic.MARKER_FILENAME).exists()
+  assert not (tmp_path / "train-00000-of-00009.array_record").exists()

@@ -1,5 +1,7 @@
 """`sw-zoo tag`: caption files as kohya / WD tools write them, the caption options, append mode,
-unreadable images skipped, and a crash never leaving a corrupted caption."""
+unreadable images skipped, a crash never leaving a corrupted caption, and the arguments that would
+lose data (bad thresholds, caption extensions, colliding captions, unwritable folders) refused before
+any file is touched."""
 import os
 
 import numpy as np
@@ -60,7 +62,7 @@ def test_tags_a_folder_with_kohya_options(bundle_dir, folder, capsys):
 
 def test_not_recursive_by_default_and_dashed_options(bundle_dir, folder):
   assert cli.main(["tag", str(folder), "--model", bundle_dir, "--general-threshold", "0", "--character-threshold",
-                   "1.01", "--caption-extension", ".caption", "--no-progress"]) == 0
+                   "1", "--caption-extension", ".caption", "--no-progress"]) == 0
   assert (folder / "a.caption").exists() and not (folder / "sub" / "c.caption").exists()
   tags = _caption(folder / "a.caption")
   assert set(tags) == set(GENERAL) and not set(tags) & set(CHARACTERS)  # underscores kept by default
@@ -115,3 +117,110 @@ def test_caption_rules():
   assert captions.parse_tag_list(" x, y ,, ") == ("x", "y")
   with pytest.raises(ValueError, match="rating position"):
     captions.CaptionStyle(rating="middle")
+
+
+def _snapshot(root):
+  """Every file under `root` and its bytes: a refused run must leave them all as they were."""
+  return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("option, value, hint", [
+    ("--thresh", "1.5", None), ("--thresh", "35", "did you mean 0.35?"),
+    ("--general_threshold", "-0.1", None), ("--character-threshold", "nan", None)])
+def test_thresholds_outside_0_1_are_refused_before_any_caption_is_touched(bundle_dir, folder, capsys, option,
+                                                                          value, hint):
+  # Old behaviour: every caption replaced by an empty file, exit 0.
+  (folder / "a.txt").write_text("precious, hand_written\n", encoding="utf-8")
+  before = _snapshot(folder)
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, option, value, "--recursive",
+                   "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "error:" in err and option.lstrip("-").replace("-", "_") in err and "between 0 and 1" in err
+  assert hint is None or hint in err
+  assert _snapshot(folder) == before
+
+
+def test_append_leaves_non_utf8_captions_untouched_and_lists_them(bundle_dir, folder, capsys):
+  # Old behaviour: the caption was rewritten with U+FFFD in place of every non-UTF-8 byte.
+  latin1 = "café, crème brûlée\n".encode("latin-1")
+  (folder / "a.txt").write_bytes(latin1)
+  (folder / "b.txt").write_bytes("\ufeffmy_style\n".encode("utf-8"))  # UTF-8 with a BOM is fine
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--append_tags",
+                   "--no-progress"]) == 0  # b.png was captioned, so the run still succeeds
+  err = capsys.readouterr().err
+  assert (folder / "a.txt").read_bytes() == latin1
+  assert "a.txt is not UTF-8" in err.split("Wrote")[0] and "skipped 2 images" in err  # a.jpg, broken.jpg
+  tags = _caption(folder / "b.txt")
+  assert tags[0] == "my_style" and "smile" in tags
+
+
+@pytest.mark.parametrize("extension", [".png", "PNG", ".txt.jpg", "", ".", "sub/x", "..\\x"])
+def test_bad_caption_extensions_are_refused(bundle_dir, folder, capsys, extension):
+  # Old behaviour: .png overwrote the image b.png with text.
+  before = _snapshot(folder)
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0",
+                   "--caption_extension", extension, "--no-progress"]) == 2
+  assert "--caption_extension" in capsys.readouterr().err
+  assert _snapshot(folder) == before
+
+
+def test_caption_extension_without_dot_gets_one(bundle_dir, folder, capsys):
+  # Old behaviour: 'txt' wrote 'atxt' beside a.jpg.
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--caption_extension", "txt",
+                   "--no-progress"]) == 0
+  assert (folder / "a.txt").exists() and not (folder / "atxt").exists()
+  assert "(.txt)" in capsys.readouterr().err
+  assert captions.normalize_extension(" caption ") == ".caption"
+
+
+def test_two_images_sharing_a_caption_path_are_refused(bundle_dir, folder, capsys):
+  # Old behaviour: a.png's caption replaced a.jpg's, and the run reported both as written.
+  _image(folder / "a.png", 3)
+  _image(folder / "sub" / "c.PNG", 4)
+  before = _snapshot(folder)
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--recursive",
+                   "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "2 caption files would each be written by several images" in err
+  assert f"{folder / 'a.txt'} <- a.jpg, a.png" in err and "c.PNG, c.webp" in err
+  assert _snapshot(folder) == before
+  # Only a shared stem in one folder collides; the same stem in different folders does not.
+  assert captions.caption_collisions([str(folder / "x.jpg"), str(folder / "sub" / "x.png")]) == []
+
+
+def test_unwritable_folder_is_refused_before_tagging(bundle_dir, folder, capsys, monkeypatch):
+  # Tests run as root, which bypasses permission bits, so a chmod 0o555 folder would still be
+  # writable here; os.access is what the check consults, so the test makes it answer "read-only".
+  # Old behaviour: every image listed as skipped, "Wrote 0 captions", exit 0.
+  real_access = os.access
+  read_only = str(folder / "sub")
+  monkeypatch.setattr(captions.os, "access",
+                      lambda path, mode, **kw: False if (str(path) == read_only and mode & os.W_OK)
+                      else real_access(path, mode, **kw))
+  before = _snapshot(folder)
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--recursive",
+                   "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert f"{read_only}: folder is not writable" in err
+  assert _snapshot(folder) == before
+  # Without --recursive nothing goes to sub/, so the run is allowed.
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--no-progress"]) == 0
+
+
+def test_a_run_that_writes_no_caption_exits_1(bundle_dir, folder, capsys, monkeypatch):
+  # Old behaviour: exit 0 with "Wrote 0 captions". Writes failing past the up-front check (a full
+  # disk) or every image unreadable: the skipped images are listed, then exit 1.
+  def disk_full(path, text):
+    raise OSError(28, "No space left on device", path)
+
+  monkeypatch.setattr(captions, "atomic_write_text", disk_full)
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--no-progress"]) == 1
+  err = capsys.readouterr().err
+  assert "No space left on device" in err and "broken.jpg" in err and "no caption written" in err
+  monkeypatch.undo()
+  only_broken = folder / "sub"
+  for p in only_broken.iterdir():
+    p.unlink()
+  (only_broken / "x.jpg").write_bytes(b"not a jpeg")
+  assert cli.main(["tag", str(only_broken), "--model", bundle_dir, "--thresh", "0", "--no-progress"]) == 1
+  assert "skipped" in capsys.readouterr().err and os.listdir(only_broken) == ["x.jpg"]

@@ -39,6 +39,8 @@ class SourceItem:
   split: a split fixed by the source itself (tfds), else None.
   error: (reason, detail) when the item is already known to be unusable.
   unknown_tags: tag references the source could not resolve (e.g. a tag_id with no tags row).
+  sidecar: the caption file the tags were read from (folder sources), so that editing it counts
+    as a change of the inputs (`data_prep.inputs`).
   """
   key: str
   id: int | None = None
@@ -49,6 +51,7 @@ class SourceItem:
   split: str | None = None
   error: tuple[str, str] | None = None
   unknown_tags: Sequence[str] = ()
+  sidecar: str | None = None
 
 
 class Source(Protocol):

@@ -59,7 +59,8 @@ class FolderSource:
       try:
         text = raw.decode("utf-8-sig")
       except UnicodeDecodeError as e:
-        yield SourceItem(key=key, path=path,
+        yield SourceItem(key=key, path=path, sidecar=caption,
                          error=(BAD_CAPTION_ENCODING, f"{caption} is not UTF-8: {e}"))
         continue
-      yield SourceItem(key=key, path=path, tags=[RawTag(t) for t in parse_tag_string(text)])
+      yield SourceItem(key=key, path=path, sidecar=caption,
+                       tags=[RawTag(t) for t in parse_tag_string(text)])

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="timed forward passes for eval_images_per_s (0: skip the timing)")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--force", action="store_true", help="write into --out even if it holds something else")
   p.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() first (every "
                  "host runs the same command; cluster settings from the environment)")
   return p
@@ -72,6 +73,7 @@ def _inputs(args: argparse.Namespace):
   import jax
 
   from sw_zoo.data import vocab as vocab_lib
+  from sw_zoo.data.dataset_info import read_dataset_info
   from sw_zoo.inference import model_source
 
   source = model_source.load(args.source, use_ema=not args.no_ema)
@@ -82,6 +84,9 @@ def _inputs(args: argparse.Namespace):
   data_dir = os.path.abspath(data_dir)
   if not os.path.exists(os.path.join(data_dir, "dataset.json")):
     raise FileNotFoundError(f"{data_dir} has no dataset.json (not a prepared dataset)")
+  splits = read_dataset_info(data_dir)["splits"]
+  if args.split not in splits:
+    raise ValueError(f"--split {args.split!r}: {data_dir} has the splits {sorted(splits)}")
   tags_path = os.path.join(data_dir, "selected_tags.csv")
   tags = vocab_lib.read_selected_tags(tags_path)
   _check_vocab(source, tags, tags_path)
@@ -107,17 +112,16 @@ def main(argv: list[str] | None = None) -> int:
   from sw_zoo import sharding
   from sw_zoo.evaluation import eval_outputs, report
   from sw_zoo.evaluation.evaluator import Evaluator
+  from sw_zoo.data.atomic_file import check_output_dir
   from sw_zoo.inference.bundle import CONFIG_FILE
 
-  try:  # bad input: one line saying what and where, not a traceback
-    source, data_dir, tags, threshold, batch_size = _inputs(args)
-  except (FileNotFoundError, KeyError, ValueError) as err:
-    print(f"sw-zoo eval: {err.args[0] if err.args else err}", file=sys.stderr)
-    return 2
+  source, data_dir, tags, threshold, batch_size = _inputs(args)
   settings = source.settings
   out_dir = args.out or os.path.join(
       source.root, f"eval_{args.split}" + (f"_step{source.step}" if source.step_given else ""))
   lead = jax.process_index() == 0
+  check_output_dir(out_dir, is_own=eval_outputs.is_eval_dir, what="sw-zoo eval output", force=args.force,
+                   protect=[data_dir, source.root])
 
   mesh = sharding.make_mesh([("data", -1), ("fsdp", 1)])
   spec = source.spec

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--onnx", action="store_true", help="also write model.onnx (WD-tagger layout)")
   parser.add_argument("--no-ema", action="store_true", help="export the raw params even if the run kept an EMA")
   parser.add_argument("--tags", default=None, help="selected_tags.csv of the run's dataset (default: found)")
+  parser.add_argument("--force", action="store_true",
+                      help="replace --out even if it holds something else (never its own inputs)")
   parser.add_argument("--threshold", type=float, default=None,
                       help="threshold for every category (default: the run's config.eval.threshold)")
   return parser
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     done = run_bundle.export(args.source, args.out, onnx=args.onnx, use_ema=not args.no_ema, tags_path=args.tags,
-                             threshold=args.threshold)
+                             threshold=args.threshold, force=args.force)
   except run_bundle.NothingToDo as e:
     print(f"sw-zoo export: {e}", file=sys.stderr)
     return 2

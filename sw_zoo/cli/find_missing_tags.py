@@ -31,6 +31,7 @@ import numpy as np
 from sw_zoo import progress
 from sw_zoo.curation import label_issues as issues_lib
 from sw_zoo.curation import missing_tags_report as report
+from sw_zoo.data.atomic_file import check_output_dir
 from sw_zoo.curation import predictions as predictions_lib
 from sw_zoo.curation import split_labels
 from sw_zoo.data.dataset_info import read_dataset_info
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--allow-in-sample", action="store_true",
                       help="check a split the model trained on (flags are then mostly meaningless)")
   parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
+  parser.add_argument("--force", action="store_true",
+                      help="replace --out even if it holds something else (never its own inputs)")
   parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
   return parser
 
@@ -68,7 +71,8 @@ def _predict(args: argparse.Namespace, split: str, n: int) -> predictions_lib.Pr
     report.refuse_in_sample(tagger, args.model, args.data, split)
   out = os.path.join(args.out, "predictions")
   with progress.bar(n, f"predicting {split}", unit="img", enabled=not args.no_progress) as bar:
-    return predictions_lib.predict_split(tagger, args.data, split, out, model=tagger.bundle.path, progress=bar.update)
+    return predictions_lib.predict_split(tagger, args.data, split, out, model=tagger.bundle.path, progress=bar.update,
+                                         force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,36 +81,33 @@ def main(argv: list[str] | None = None) -> int:
   if args.predict_only and not args.model:
     print("sw-zoo find-missing-tags: --predict-only needs --model", file=sys.stderr)
     return 2
-  try:
-    splits = read_dataset_info(args.data)["splits"]
-    if split_name not in splits:
-      raise ValueError(f"{os.path.abspath(args.data)} has no split {split_name!r}; it has {sorted(splits)}")
-    num_images = int(splits[split_name]["num_examples"])
-    if args.model:
-      predictions = [_predict(args, split_name, num_images)]
-      if args.predict_only:
-        print(f"Wrote predictions for {len(predictions[0].ids)} images to {os.path.join(args.out, 'predictions')}")
-        return 0
-    else:
-      predictions = [predictions_lib.load_predictions(p) for p in args.predictions]
-    with progress.bar(num_images, f"reading {split_name} labels", unit="img", enabled=not args.no_progress) as bar:
-      split = split_labels.read_split_labels(args.data, split_name, progress=bar.update)
-    rows, probs, cols = predictions_lib.align(split, predictions)
-    if args.categories:
-      wanted = {c.strip() for c in args.categories.split(",") if c.strip()}
-      known = {category_name(c) for c in split.tags.categories}
-      if wanted - known:
-        raise ValueError(f"--categories: unknown {sorted(wanted - known)}; this dataset has {sorted(known)}")
-      keep = np.array([category_name(split.tags.categories[c]) in wanted for c in cols])
-      cols, probs = cols[keep], probs.columns(keep)
-    labels = split_labels.RowView(split.labels, rows, cols)
-    with progress.bar(2 * len(rows), "finding label issues (2 passes)", unit="img",
-                      enabled=not args.no_progress) as bar:
-      found = issues_lib.find_label_issues(labels, probs, progress=bar.update)
-  except (OSError, ValueError, KeyError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"sw-zoo find-missing-tags: {message}", file=sys.stderr)
-    return 1
+  check_output_dir(args.out, is_own=report.is_report_dir, what="a find-missing-tags report", force=args.force,
+                   protect=[args.data, *(args.predictions or [])])
+  splits = read_dataset_info(args.data)["splits"]
+  if split_name not in splits:
+    raise ValueError(f"{os.path.abspath(args.data)} has no split {split_name!r}; it has {sorted(splits)}")
+  num_images = int(splits[split_name]["num_examples"])
+  if args.model:
+    predictions = [_predict(args, split_name, num_images)]
+    if args.predict_only:
+      print(f"Wrote predictions for {len(predictions[0].ids)} images to {os.path.join(args.out, 'predictions')}")
+      return 0
+  else:
+    predictions = [predictions_lib.load_predictions(p) for p in args.predictions]
+  with progress.bar(num_images, f"reading {split_name} labels", unit="img", enabled=not args.no_progress) as bar:
+    split = split_labels.read_split_labels(args.data, split_name, progress=bar.update)
+  rows, probs, cols = predictions_lib.align(split, predictions)
+  if args.categories:
+    wanted = {c.strip() for c in args.categories.split(",") if c.strip()}
+    known = {category_name(c) for c in split.tags.categories}
+    if wanted - known:
+      raise ValueError(f"--categories: unknown {sorted(wanted - known)}; this dataset has {sorted(known)}")
+    keep = np.array([category_name(split.tags.categories[c]) in wanted for c in cols])
+    cols, probs = cols[keep], probs.columns(keep)
+  labels = split_labels.RowView(split.labels, rows, cols)
+  with progress.bar(2 * len(rows), "finding label issues (2 passes)", unit="img",
+                    enabled=not args.no_progress) as bar:
+    found = issues_lib.find_label_issues(labels, probs, progress=bar.update)
 
   num_missing = int(found.missing.sum())
   summary: dict[str, Any] = {

@@ -9,7 +9,6 @@ each predict its own validation split: see `sw-zoo find-missing-tags --help`.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from sw_zoo import progress
 from sw_zoo.curation import folds
@@ -24,16 +23,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="directory for fold-0 .. fold-K-1")
   parser.add_argument("--split", default="train", help="split to divide (train)")
   parser.add_argument("--shard-size", type=int, default=2000, help="records per shard (2000)")
+  parser.add_argument("--force", action="store_true",
+                      help="replace --out even if it holds something else (never its own inputs)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   args = parser.parse_args(argv)
-  try:
-    n = int(read_dataset_info(args.data)["splits"][args.split]["num_examples"])
-    with progress.bar(n * max(args.folds, 0), "writing folds", unit="rec", enabled=not args.no_progress) as bar:
-      made = folds.make_folds(args.data, args.out, folds=args.folds, split=args.split,
-                              shard_size=args.shard_size, progress=bar.update)
-  except (OSError, ValueError, KeyError) as e:
-    print(f"sw-zoo folds: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-    return 1
+  n = int(read_dataset_info(args.data)["splits"][args.split]["num_examples"])
+  with progress.bar(n * max(args.folds, 0), "writing folds", unit="rec", enabled=not args.no_progress) as bar:
+    made = folds.make_folds(args.data, args.out, folds=args.folds, split=args.split,
+                            shard_size=args.shard_size, progress=bar.update, force=args.force)
   for path in made:
     info = read_dataset_info(path)["splits"]
     print(f"{path}: train {info['train']['num_examples']}, validation {info['validation']['num_examples']}")

@@ -16,6 +16,7 @@ import sys
 from sw_zoo import progress
 from sw_zoo.curation import embedding_index, split_labels
 from sw_zoo.data import dataset_info
+from sw_zoo.data.atomic_file import check_output_dir
 from sw_zoo.data.image_files import iter_images
 
 
@@ -35,32 +36,30 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--connectivity", type=int, default=16, help="HNSW edges per node (16)")
   parser.add_argument("--expansion-add", type=int, default=128, help="HNSW candidate list while building (128)")
   parser.add_argument("--expansion-search", type=int, default=64, help="HNSW candidate list while searching (64)")
+  parser.add_argument("--force", action="store_true",
+                      help="replace --out even if it holds something else (never its own inputs)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   args = parser.parse_args(argv)
   source = os.path.abspath(os.path.expanduser(args.source))
   if os.path.isfile(os.path.join(source, dataset_info.DATASET_INFO_FILENAME)):
-    try:
-      info = dataset_info.read_dataset_info(source)
-      splits = [args.split] if args.split else list(info["splits"])
-      for s in splits:
-        if s not in info["splits"]:
-          raise KeyError(f"{source}: no split {s!r}; it has {sorted(info['splits'])}")
-    except (OSError, ValueError, KeyError) as e:
-      print(f"sw-zoo index: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-      return 1
+    info = dataset_info.read_dataset_info(source)
+    splits = [args.split] if args.split else list(info["splits"])
+    for s in splits:
+      if s not in info["splits"]:
+        raise KeyError(f"{source}: no split {s!r}; it has {sorted(info['splits'])}")
     total = sum(int(info["splits"][s]["num_examples"]) for s in splits)
     items = ((({"id": rid, "source": src, "split": s}), image)
              for s in splits for rid, src, image in split_labels.record_images(source, s))
   elif os.path.isdir(source):
     files = list(iter_images(source, recursive=args.recursive))
     if not files:
-      print(f"sw-zoo index: no images in {source}" + ("" if args.recursive else " (add --recursive)"), file=sys.stderr)
-      return 1
+      raise FileNotFoundError(f"no images in {source}" + ("" if args.recursive else " (add --recursive)"))
     total = len(files)
     items = (({"path": path}, path) for path in files)
   else:
-    print(f"sw-zoo index: {source}: no such directory", file=sys.stderr)
-    return 1
+    raise FileNotFoundError(f"{source}: no such directory")
+  check_output_dir(args.out, is_own=embedding_index.is_index, what="a search index", force=args.force,
+                   protect=[source])
 
   from sw_zoo.inference.pretrained import load_pretrained  # jax only once there is work
 
@@ -71,12 +70,9 @@ def main(argv: list[str] | None = None) -> int:
       meta = embedding_index.build(
           tagger, items, args.out, model=tagger.bundle.path, connectivity=args.connectivity,
           expansion_add=args.expansion_add, expansion_search=args.expansion_search, progress=bar.update,
-          on_error=lambda item, err: skipped.append((item, err)))
+          on_error=lambda item, err: skipped.append((item, err)), force=args.force, protect=[source])
   except ImportError as e:
     print(f"sw-zoo index: {e}. The index needs the curate extra: pip install -e '.[curate]'", file=sys.stderr)
-    return 1
-  except (OSError, ValueError, RuntimeError) as e:
-    print(f"sw-zoo index: {e}", file=sys.stderr)
     return 1
   for item, err in skipped:
     print(f"skipped {item.get('path') or item.get('source') or item.get('id')}: {err}", file=sys.stderr)

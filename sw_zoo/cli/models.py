@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from sw_zoo.models import model_info
 from sw_zoo.models.layers import ACTIVATIONS, ATTENTIONS
@@ -33,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
           model_info.format_table(rows) + "\n\nSuffix a name with _<act> (" + ", ".join(sorted(ACTIVATIONS)) +
           ") and/or _<attn> (" + ", ".join(sorted(ATTENTIONS)) + "), e.g. l2_silu_eca.")
     return 0
-  try:
-    info = model_info.model_info(args.name, image_size=args.image_size, num_classes=args.num_classes, act=args.act,
-                      attn=args.attn, flops=not args.no_flops)
-  except ValueError as e:
-    print(f"sw-zoo models: {e}", file=sys.stderr)
-    return 2
+  info = model_info.model_info(args.name, image_size=args.image_size, num_classes=args.num_classes, act=args.act,
+                               attn=args.attn, flops=not args.no_flops)
   if args.json:
     print(json.dumps(info))
     return 0

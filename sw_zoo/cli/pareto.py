@@ -14,7 +14,6 @@ from sw_zoo.cli import common
 
 import argparse
 import os
-import sys
 
 from sw_zoo.evaluation import pareto
 
@@ -33,16 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _is_own_csv(path: str) -> bool:
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return f.readline().startswith("run,")
+
+
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   speed_key = pareto.THROUGHPUT_KEYS[args.throughput]
-  try:
-    rows = pareto.compare(args.runs, metric=args.metric, throughput=args.throughput, category=args.category,
-                          split=args.split)
-  except (FileNotFoundError, KeyError, ValueError) as err:
-    print(f"sw-zoo pareto: {err.args[0] if err.args else err}", file=sys.stderr)
-    return 2
+  rows = pareto.compare(args.runs, metric=args.metric, throughput=args.throughput, category=args.category,
+                        split=args.split)
   metric_label = f"{args.category} {args.metric}" if args.category else args.metric
+  csv_path = os.path.join(args.out, "pareto.csv")
+  if os.path.exists(csv_path) and not _is_own_csv(csv_path):
+    raise FileExistsError(f"{csv_path} exists and was not written by sw-zoo pareto; choose another --out")
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "pareto.csv"), "w", encoding="utf-8", newline="") as f:
     f.write(pareto.csv_text(rows, args.metric, speed_key))

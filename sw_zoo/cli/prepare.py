@@ -22,8 +22,10 @@ presence means the dataset is complete), plus report.json listing every skipped 
 
 Runs in parallel on all cores, streams the source (memory does not grow with its size), resumes
 after an interruption (rerun the same command), and writes byte-identical output for the same
-inputs and options. Bad images, missing files and non-UTF-8 captions are skipped and counted,
-never fatal.
+inputs and options. A rerun notices edited, added and removed images and captions (--fingerprint)
+and rebuilds a finished dataset from changed inputs only with --overwrite. --out must be absent,
+empty, or hold a dataset or an interrupted conversion (--force for any other directory). Bad
+images, missing files and non-UTF-8 captions are skipped and counted, never fatal.
 """
 
 EPILOG = """\
@@ -49,7 +51,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
   out.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: CPU count; 1 = in-process)")
   out.add_argument("--overwrite", action="store_true",
-                   help="replace a complete dataset made from other inputs or options")
+                   help="rebuild a complete dataset made from other inputs or options")
+  out.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds no dataset (its other files are "
+                        "kept); never allowed for a directory that is or contains the inputs")
+  out.add_argument("--fingerprint", choices=("stat", "hash"), default="stat",
+                   help="how a rerun notices changed images and captions: 'stat' compares size + "
+                        "modification time, 'hash' the sha256 of their bytes (slower) (stat)")
   out.add_argument("--no-progress", action="store_true", help="hide progress bars and summary")
 
   images = parser.add_argument_group("images")
@@ -225,10 +233,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     from data_prep.convert import prepare  # pylint: disable=g-import-not-at-top
     prepare(_source(args), args.out, _options(args), workers=args.workers,
-            overwrite=args.overwrite, progress=not args.no_progress)
-  except (FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+            overwrite=args.overwrite, force=args.force, fingerprint=args.fingerprint,
+            progress=not args.no_progress)
   except KeyboardInterrupt:
     print("interrupted: finished shards are kept; run the same command again to resume",
           file=sys.stderr)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from data_prep import synthetic
 
@@ -30,15 +29,14 @@ def main(argv: list[str] | None = None) -> int:
                       help="worker processes (default: CPU count; 1 = in-process)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an existing dataset made with different arguments")
+  parser.add_argument("--force", action="store_true",
+                      help="write into a non-empty --out that holds no synthetic dataset (its "
+                           "other files are kept; a dataset.json there also needs --overwrite)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
-  try:
-    synthetic.generate(args.out, num_train=args.num_train, num_val=args.num_val,
-             image_size=args.image_size, seed=args.seed,
-             drop_tag_fraction=args.drop_tag_fraction, shard_size=args.shard_size,
-             workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
-  except (FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  synthetic.generate(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
+                     seed=args.seed, drop_tag_fraction=args.drop_tag_fraction, shard_size=args.shard_size,
+                     workers=args.workers, overwrite=args.overwrite, force=args.force,
+                     progress=not args.no_progress)
   return 0

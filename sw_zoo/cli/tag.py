@@ -6,7 +6,11 @@
 
 Writes `<image>.txt` beside each image (see sw_zoo/inference/captions.py). Option names follow kohya's
 tag_images_by_wd14_tagger.py, so existing scripts carry over (dashed spellings work too).
-Unreadable images are skipped and listed at the end; they never stop the run.
+Unreadable images (and, with --append_tags, existing captions that are not UTF-8, left untouched) are
+skipped and listed at the end; they never stop the run, but a run that writes no caption at all exits 1.
+Arguments that would lose data are refused before any file is touched: a threshold outside [0, 1], a
+caption extension that is an image's (or not a plain suffix), two images sharing one caption path
+(a.png + a.jpg -> a.txt), a folder that is not writable.
 """
 from __future__ import annotations
 
@@ -55,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+THRESHOLD_OPTIONS = ("thresh", "general_threshold", "character_threshold")
+
+
+def check_thresholds(args: argparse.Namespace) -> None:
+  """ValueError naming the option for a threshold outside [0, 1]: above 1 no tag passes and every
+  caption would be replaced by an empty one (35 meant as a percentage is the usual slip)."""
+  for name in THRESHOLD_OPTIONS:
+    value = getattr(args, name)
+    if value is None or 0.0 <= value <= 1.0:  # NaN fails both comparisons, so it is refused too
+      continue
+    hint = f" (did you mean {value / 100:g}?)" if 1.0 < value <= 100.0 else ""
+    raise ValueError(f"--{name} {value:g}: a threshold is a probability between 0 and 1{hint}; "
+                     "no caption was written")
+
+
 def _thresholds(args: argparse.Namespace) -> Any:
   per_category = {}
   if args.thresh is not None:
@@ -71,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
   if args.use_rating_tags and args.use_rating_tags_as_last_tag:
     print("sw-zoo tag: choose one of --use_rating_tags / --use_rating_tags_as_last_tag", file=sys.stderr)
     return 2
+  # Every argument is checked before a file is touched (and before the model loads, which is slow).
+  check_thresholds(args)
+  extension = captions.normalize_extension(args.caption_extension)
   root = os.path.abspath(os.path.expanduser(args.dir))
   if not os.path.isdir(root):
     print(f"sw-zoo tag: {root}: no such directory", file=sys.stderr)
@@ -80,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sw-zoo tag: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}"
           + ("" if args.recursive else " (add --recursive for sub-folders)"), file=sys.stderr)
     return 1
+  captions.check_caption_targets(files, extension)  # collisions, unwritable folders: raises, nothing written
   style = captions.CaptionStyle(
       separator=args.caption_separator, remove_underscore=args.remove_underscore,
       undesired=captions.parse_tag_list(args.undesired_tags), always_first=captions.parse_tag_list(args.always_first_tags),
@@ -98,12 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   print(f"Tagging {len(files)} images in {root} with {tagger.bundle.path} "
         f"({tagger.bundle.spec.name}, {len(tagger.tags)} tags, {tagger.image_size} px)", file=sys.stderr)
-  summary = captions.tag_files(tagger, files, style, thresholds=thresholds, mcut=args.mcut, extension=args.caption_extension,
-                      append=args.append_tags, show_progress=not args.no_progress)
+  summary = captions.tag_files(tagger, files, style, thresholds=thresholds, mcut=args.mcut, extension=extension,
+                               append=args.append_tags, show_progress=not args.no_progress)
   for path, message in summary["skipped"]:
     print(f"skipped {path}: {message}", file=sys.stderr)
   rate = summary["tagged"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
-  print(f"Wrote {summary['tagged']} captions ({args.caption_extension}) in {summary['seconds']:.1f} s "
+  print(f"Wrote {summary['tagged']} captions ({extension}) in {summary['seconds']:.1f} s "
         f"({rate:.1f} img/s)" + (f"; skipped {len(summary['skipped'])} images (listed above)" if summary["skipped"] else ""),
         file=sys.stderr)
+  if not summary["tagged"]:
+    # Asked to write captions and wrote none: a script must not read that as success.
+    print(f"sw-zoo tag: no caption written: all {len(files)} images were skipped (listed above)",
+          file=sys.stderr)
+    return 1
   return 0

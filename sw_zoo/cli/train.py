@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -63,7 +64,11 @@ def distributed_args() -> dict[str, object] | None:
 
 def ensure_synthetic_dataset(config) -> None:
   """Generates the built-in dataset into config.data.dir when the config asks for it and it is
-  not complete yet (dataset.json is written last, so its presence means complete)."""
+  not complete yet (dataset.json is written last, so its presence means complete).
+
+  A data dir that holds anything else (a user's shards, an interrupted `prepare`) is refused
+  with OutputRefused naming it, before anything is written: the synthetic flag must never turn
+  into "overwrite my data"."""
   import jax
   from etils import epath
 
@@ -84,6 +89,12 @@ def ensure_synthetic_dataset(config) -> None:
     synthetic.generate(data_dir, num_train=s.num_train, num_val=s.num_val, image_size=s.image_size,
                        seed=s.seed, drop_tag_fraction=s.drop_tag_fraction)
 
+  if not marker.exists():
+    from data_prep import synthetic
+
+    # Every process checks (same verdict on a shared disk), so they all fail together instead
+    # of the others waiting at the barrier below for a process 0 that gave up.
+    synthetic.check_output(data_dir)
   if jax.process_index() == 0 and not marker.exists():
     generate()
   if jax.process_count() > 1:
@@ -107,6 +118,9 @@ def _main(argv):
   dist = distributed_args()
   if dist is not None:
     init_distributed(**dist)
+  from sw_zoo.train import config_check
+
+  config_check.validate(_CONFIG.value)  # every bad key before any file is written
   ensure_synthetic_dataset(_CONFIG.value)
   from sw_zoo.train.loop import train_and_evaluate
 
@@ -115,7 +129,39 @@ def _main(argv):
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _load_config_file(spec: str) -> Any:
+  """configs/x.py[:arg] -> its get_config(arg), as ml_collections' --config flag loads it."""
+  import importlib.util
+
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config {path}: no such file")
+  module_spec = importlib.util.spec_from_file_location("_sw_zoo_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Reports every unknown `--config.KEY` at once (with suggestions) before absl parses the flags,
+  which would stop at the first one with a long traceback."""
+  config_path, keys = None, []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config."):
+      keys.append(arg[len("--config."):].split("=", 1)[0])
+    elif arg.startswith("--config="):
+      config_path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      config_path = argv[i + 1]
+  if config_path and keys:
+    from sw_zoo.train.config_check import check_override_keys
+
+    check_override_keys(_load_config_file(config_path), keys)
+
+
 def main(argv: list[str] | None = None) -> int:
   """`sw-zoo train ARGS`: absl parses the flags (config overrides included) and runs training."""
-  app.run(_main, argv=["sw-zoo train", *(sys.argv[1:] if argv is None else argv)])
+  argv = list(sys.argv[1:] if argv is None else argv)
+  check_overrides(argv)
+  app.run(_main, argv=["sw-zoo train", *argv])
   return 0

@@ -21,12 +21,12 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from sw_zoo.data.atomic_file import replace_dir
+from sw_zoo.data.atomic_file import check_output_dir, replace_dir
 
 INDEX_FORMAT = 1
 RECALL_K = 10
@@ -80,13 +80,22 @@ def measure(graph: Any, normalised: np.ndarray, *, queries: int = 200, k: int = 
           "hnsw_latency_ms_p50": 1e3 * float(np.median(ann_s)), "exact_latency_ms_p50": 1e3 * float(np.median(exact_s))}
 
 
+def is_index(path: str) -> bool:
+  """Whether `path` holds a search index (its index.json)."""
+  return os.path.isfile(os.path.join(path, "index.json"))
+
+
 def build(tagger: Any, items: Iterable[tuple[dict[str, Any], Any]], out_dir: str, *, model: str,
           connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 64,
           progress: Callable[[int], None] | None = None,
-          on_error: Callable[[dict[str, Any], Exception], None] | None = None) -> dict[str, Any]:
+          on_error: Callable[[dict[str, Any], Exception], None] | None = None, force: bool = False,
+          protect: Sequence[str] = ()) -> dict[str, Any]:
   """Embeds `items` ((description, image source) pairs) with `tagger` and writes the index.
 
-  Unreadable images are passed to `on_error` and left out. Returns index.json's contents."""
+  Unreadable images are passed to `on_error` and left out. Returns index.json's contents. `out_dir`
+  follows `atomic_file.check_output_dir` (an existing index is replaced; `protect`: the inputs)."""
+  output = dict(is_own=is_index, what="a search index", force=force, protect=protect)
+  check_output_dir(out_dir, **output)  # before the (long) embedding pass
   descriptions: list[dict[str, Any]] = []
   vectors: list[np.ndarray] = []
   for description, _, pooled, error in tagger.iter_keyed(items, skip_errors=True):
@@ -124,7 +133,7 @@ def build(tagger: Any, items: Iterable[tuple[dict[str, Any], Any]], out_dir: str
     with open(os.path.join(tmp, "index.json"), "w", encoding="utf-8") as f:
       f.write(json.dumps(meta, indent=1) + "\n")
 
-  replace_dir(out_dir, fill)
+  replace_dir(out_dir, fill, **output)
   return meta
 
 

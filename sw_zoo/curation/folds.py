@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import grain.python as grain
 
+from sw_zoo.data.atomic_file import check_output_dir
 from sw_zoo.data.dataset_info import (SELECTED_TAGS_FILENAME, read_dataset_info, split_paths,
                                       write_dataset_info)
 from sw_zoo.data.records import decode_record
@@ -26,7 +27,7 @@ def fold_of(record_id: int, folds: int) -> int:
 
 
 def make_folds(data_dir: str, out_dir: str, *, folds: int, split: str = "train", shard_size: int = 2000,
-               progress: Callable[[int], None] | None = None) -> list[str]:
+               progress: Callable[[int], None] | None = None, force: bool = False) -> list[str]:
   """Writes `out_dir/fold-<k>` for k < folds: `validation` = fold k of `split`, `train` = the rest.
 
   A finished fold (its dataset.json present and made from the same source) is kept, so an
@@ -36,6 +37,10 @@ def make_folds(data_dir: str, out_dir: str, *, folds: int, split: str = "train",
     raise ValueError(f"--folds must be at least 2, got {folds}")
   data_dir = os.path.abspath(data_dir)
   info = read_dataset_info(data_dir)
+  # Only fold-<k> datasets are written (and an interrupted run's are resumed): a folder holding
+  # anything else is refused (atomic_file.check_output_dir).
+  check_output_dir(out_dir, is_own=lambda p: all(e.startswith("fold-") for e in os.listdir(p)),
+                   what="cross-validation folds", force=force, protect=[data_dir])
   if split not in info["splits"]:
     raise KeyError(f"{data_dir}: no split {split!r}; it has {sorted(info['splits'])}")
   source = grain.ArrayRecordDataSource(split_paths(data_dir, split, info))

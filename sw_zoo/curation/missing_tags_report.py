@@ -28,6 +28,14 @@ def trained_on(tagger: Any) -> str | None:
   return run_dir.absolute(data_dir) if data_dir else None
 
 
+REPORT_FILES = ("issues.csv", "issues.json", "tags.csv", "suspects.png", "summary.json", "predictions")
+
+
+def is_report_dir(path: str) -> bool:
+  """Whether `path` holds only what find-missing-tags writes (a previous report, its predictions)."""
+  return set(os.listdir(path)) <= set(REPORT_FILES)
+
+
 def refuse_in_sample(tagger: Any, model_name: str, data_dir: str, split: str) -> None:
   """A model's predictions on the split it trained on hide label errors: refuse them."""
   trained = trained_on(tagger)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sw_zoo.curation.split_labels import SplitLabels, record_images
-from sw_zoo.data.atomic_file import atomic_write_text, replace_dir
+from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir, replace_dir
 from sw_zoo.data.dataset_info import read_dataset_info
 
 PREDICTIONS_FORMAT = 1
@@ -33,11 +33,14 @@ class Predictions:
 
 
 def predict_split(tagger: Any, data_dir: str, split: str, out_dir: str, *, model: str,
-                  progress: Callable[[int], None] | None = None) -> Predictions:
+                  progress: Callable[[int], None] | None = None, force: bool = False) -> Predictions:
   """Scores every image of the split with `tagger` into `out_dir` (see the module docstring).
 
   The directory appears complete or not at all: files go to a temp sibling renamed at the end.
   """
+  output = dict(is_own=lambda p: os.path.isfile(os.path.join(p, "meta.json")), what="predictions", force=force,
+                protect=[data_dir])
+  check_output_dir(out_dir, **output)  # before the (long) prediction pass
   data_dir = os.path.abspath(data_dir)
   n = int(read_dataset_info(data_dir)["splits"][split]["num_examples"])
 
@@ -58,7 +61,7 @@ def predict_split(tagger: Any, data_dir: str, split: str, out_dir: str, *, model
             "split": split, "num_images": n}
     atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1) + "\n")
 
-  replace_dir(out_dir, fill)
+  replace_dir(out_dir, fill, **output)
   return load_predictions(out_dir)
 
 

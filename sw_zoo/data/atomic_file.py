@@ -1,4 +1,11 @@
-"""Atomic replacement of files and directories.
+"""Atomic replacement of files and directories, and the one rule for output directories.
+
+Output rule (`check_output_dir`, applied by `replace_dir` and by every command that writes a
+directory): a command writes into, or replaces, only a directory that does not exist, is empty,
+or already holds the same kind of artefact it writes (a bundle's config.json, an index's
+index.json, ...). Anything else is refused with a message naming the path and `--force`; and a
+directory that contains the command's inputs, its run, the working directory or the home
+directory is never replaced, even with `--force`.
 
 Readers treat `dataset.json` as "this dataset is complete", so a crash mid-write must leave
 either the old file or the new one, never half of one; bundles, predictions and search indexes
@@ -15,6 +22,38 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+
+class OutputRefused(FileExistsError):
+  """An output directory holds something this command did not make (or its own inputs)."""
+
+
+def _contains(parent: str, child: str) -> bool:
+  return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir(out_dir: str | os.PathLike, *, is_own: Callable[[str], bool], what: str, force: bool = False,
+                     protect: Iterable[str | os.PathLike] = ()) -> None:
+  """Raises OutputRefused unless `out_dir` may be written (see the module docstring).
+
+  `is_own(path)` says whether an existing directory holds `what` (e.g. "a model bundle");
+  `protect`: the command's inputs (source folders, the run's workdir), which `out_dir` must not
+  be or contain. Nothing is written here."""
+  out = os.path.realpath(os.path.expanduser(os.fspath(out_dir)))
+  guarded = [(os.fspath(p), "an input of this command") for p in protect]
+  guarded += [(os.getcwd(), "the working directory"), (os.path.expanduser("~"), "your home directory")]
+  for path, role in guarded:
+    if _contains(out, os.path.realpath(os.path.expanduser(path))):
+      raise OutputRefused(f"--out {out_dir}: it holds {path} ({role}); refusing to write there, "
+                          "choose another output directory")
+  if not os.path.lexists(out):
+    return
+  if not os.path.isdir(out):
+    raise OutputRefused(f"--out {out_dir}: exists and is not a directory; choose another output directory")
+  if not os.listdir(out) or is_own(out) or force:
+    return
+  raise OutputRefused(f"--out {out_dir}: exists, is not empty and does not hold {what}; refusing to replace it "
+                      "(choose another directory, or pass --force to replace it)")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -48,11 +87,14 @@ def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Itera
   atomic_write_text(path, buffer.getvalue())
 
 
-def replace_dir(out_dir: str, fill: Callable[[str], None]) -> str:
+def replace_dir(out_dir: str, fill: Callable[[str], None], *, is_own: Callable[[str], bool], what: str,
+                force: bool = False, protect: Iterable[str | os.PathLike] = ()) -> str:
   """Creates `out_dir` atomically: `fill(tmp)` writes a sibling temp directory, which is then
   renamed into place. An existing `out_dir` is swapped out by two renames and removed, so a
   reader sees the old directory, none for an instant, or the new one, never a partial one; a
-  crash inside `fill` leaves only a `.<name>.*.tmp` directory (removed on error)."""
+  crash inside `fill` leaves only a `.<name>.*.tmp` directory (removed on error). What may be
+  replaced follows `check_output_dir` (checked before anything is written)."""
+  check_output_dir(out_dir, is_own=is_own, what=what, force=force, protect=protect)
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)

@@ -29,6 +29,11 @@ def _json_safe(value: Any) -> Any:
   return value
 
 
+def is_eval_dir(path: str) -> bool:
+  """Whether `path` holds an earlier `sw-zoo eval` output (its eval_summary.json)."""
+  return os.path.isfile(os.path.join(path, "eval_summary.json"))
+
+
 def write(out_dir: str, summary: dict[str, Any], rep: report.Report, tags: vocab_lib.TagVocab,
           suggested: dict[str, Any], *, threshold: float, plots: bool = True) -> list[str]:
   """Writes the files listed in the module docstring; returns their names."""

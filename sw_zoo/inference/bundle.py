@@ -37,7 +37,7 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,14 +115,6 @@ class Bundle:
 # ---- Writing -------------------------------------------------------------------------------
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _flat(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {"/".join(map(str, k)): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(params)).items()}
 
@@ -140,12 +132,15 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec: ModelSpec, image_size: int,
                  tags: vocab_lib.TagVocab, thresholds: Mapping[str, Any] | None = None,
-                 source: Mapping[str, Any] | None = None, extra_files: Mapping[str, bytes] | None = None) -> str:
+                 source: Mapping[str, Any] | None = None, extra_files: Mapping[str, bytes] | None = None,
+                 force: bool = False, protect: Sequence[str] = ()) -> str:
   """Writes a bundle directory atomically (see `replace_dir`); returns its absolute path.
 
   `params`: the nested params tree (host or device arrays). `thresholds`: the `thresholds`
   entry (default: `DEFAULT_THRESHOLD` everywhere, the WD-tagger convention). `extra_files`: more files to
   place in the bundle (e.g. model.onnx), written in the same atomic step.
+    `out_dir` must be absent, empty or a bundle (else `--force`), and must not contain `protect`
+  (see `atomic_file.check_output_dir`); this is checked before anything is written.
   """
   host = jax_free_tree(params)
   flat = _flat(host)
@@ -183,7 +178,7 @@ def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec:
       _write_bytes(os.path.join(tmp, name), data)
     _write_bytes(os.path.join(tmp, CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
 
-  return replace_dir(os.fspath(out_dir), fill)
+  return replace_dir(os.fspath(out_dir), fill, is_own=is_bundle, what="a model bundle", force=force, protect=protect)
 
 
 def jax_free_tree(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -110,8 +110,11 @@ def _fetch(url: str, dest_dir: str) -> tuple[str, str]:
 def _unpack(archive: str, dest: str, what: str) -> None:
   """Unpacks a .tar(.gz/.bz2/.xz) or .zip into `dest`, refusing members that would land outside."""
   if tarfile.is_tarfile(archive):
-    with tarfile.open(archive) as tar:
-      tar.extractall(dest, filter="data")  # "data": no absolute paths, links out, devices
+    try:
+      with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")  # "data": no absolute paths, links out, devices
+    except tarfile.TarError as e:  # e.g. a member escaping the bundle, or a damaged archive
+      raise bundle_lib.BundleError(f"{what}: refused to unpack the archive: {e}") from None
     return
   if zipfile.is_zipfile(archive):
     root = os.path.realpath(dest)
@@ -156,7 +159,8 @@ def _download_into(name: str, entry: dict[str, Any], target: str) -> None:
       _unpack(archive, unpacked, what)
       root = _bundle_root(unpacked, what)
       bundle_lib.read_bundle(root)  # verify before it counts as cached
-      bundle_lib.replace_dir(target, lambda tmp: _move_contents(root, tmp))
+      bundle_lib.replace_dir(target, lambda tmp: _move_contents(root, tmp), is_own=bundle_lib.is_bundle,
+                             what="a cached bundle")
     finally:
       shutil.rmtree(unpacked, ignore_errors=True)
   finally:

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from sw_zoo import run_dir
+from sw_zoo.data.atomic_file import check_output_dir
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.inference import bundle as bundle_lib
 from sw_zoo.inference import model_source
@@ -54,7 +55,7 @@ class NothingToDo(ValueError):
 
 
 def export(source_path: str, out: str | None = None, *, onnx: bool = False, use_ema: bool = True,
-           tags_path: str | None = None, threshold: float | None = None) -> Exported:
+           tags_path: str | None = None, threshold: float | None = None, force: bool = False) -> Exported:
   """Writes the bundle of `source_path` (see the module docstring) to `out` (default: a run's
   `<workdir>/bundle`, or the bundle itself when adding model.onnx or a threshold)."""
   source = model_source.load(source_path, use_ema=use_ema)
@@ -69,6 +70,9 @@ def export(source_path: str, out: str | None = None, *, onnx: bool = False, use_
     thresholds = (existing or {}).get("thresholds") or source.thresholds
   if threshold is not None:
     thresholds = bundle_lib.threshold_config(threshold)
+  # The source is never replaced: a run's workdir never, another bundle unless it is updated in place.
+  protect = [] if source.kind == "bundle" and out == source.root else [source.root]
+  check_output_dir(out, is_own=bundle_lib.is_bundle, what="a model bundle", force=force, protect=protect)
   tags = source.find_tags(tags_path)
   params = source.nested_params()
   extra = {}
@@ -79,5 +83,6 @@ def export(source_path: str, out: str | None = None, *, onnx: bool = False, use_
         bundle_lib.Bundle(path=out, config={"image_size": source.image_size, "thresholds": thresholds},
                           spec=source.spec, params=params, tags=tags))
   written = bundle_lib.write_bundle(out, params=params, spec=source.spec, image_size=source.image_size, tags=tags,
-                                    thresholds=thresholds, source=source.provenance, extra_files=extra)
+                                    thresholds=thresholds, source=source.provenance, extra_files=extra, force=force,
+                                    protect=protect)
   return Exported(written, source.spec, len(tags), source.image_size, onnx)

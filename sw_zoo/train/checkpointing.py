@@ -95,10 +95,12 @@ class Checkpointer:
           args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                   data=grain.checkpoint.CheckpointRestore(data_iterator)))
     except (ValueError, KeyError, TypeError) as e:
+      # Orbax's message dumps both trees; its first line says what differs.
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise ValueError(
           f"checkpoint {self.directory}/{step} does not match this config (different model, tag "
           f"count, optimizer or process count?). Resume with the config it was trained with, or "
-          f"start a new run in another --workdir. Orbax said: {e}") from e
+          f"start a new run in another --workdir. Orbax said: {first}") from e
     return step, restored["state"]
 
   def restore_arrays(self, step: int | None = None) -> Any:

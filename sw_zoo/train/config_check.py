@@ -125,7 +125,7 @@ def validate(config: Any) -> None:
   check("checkpoint.max_to_keep", positive_int, "a positive int")
   check("wandb.mode", lambda v: v in WANDB_MODES, f"one of {WANDB_MODES}")
   if problems:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    raise ConfigError("invalid config: " + "; ".join(problems))
 
 
 def check_devices(config: Any, num_devices: int) -> None:
@@ -153,3 +153,29 @@ def check_freeze(config: Any, abstract_params: Any) -> None:
     raise ConfigError(
         f"config.init.freeze={config.init.freeze!r} matches {'no' if not frozen else 'every'} param; "
         f"param paths look like {next(iter(optimizer.param_paths(abstract_params).values()))!r}")
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+  out = []
+  for key in node.keys():
+    out.append(prefix + key)
+    child = node[key]
+    if hasattr(child, "keys") and callable(child.keys):
+      out += _keys(child, prefix + key + ".")
+  return out
+
+
+def check_override_keys(config: Any, keys: list[str]) -> None:
+  """Every `--config.KEY` names a key the config has: ConfigError listing all unknown keys at once,
+  each with the closest known spelling."""
+  import difflib
+
+  known = _keys(config)
+  problems = []
+  for key in keys:
+    if key in known:
+      continue
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    problems.append(f"config.{key}" + (f" (did you mean config.{close[0]}?)" if close else ""))
+  if problems:
+    raise ConfigError(f"unknown config key{'s' if len(problems) > 1 else ''}: " + ", ".join(problems))
