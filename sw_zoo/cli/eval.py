@@ -73,7 +73,7 @@ def _inputs(args: argparse.Namespace):
   import jax
 
   from sw_zoo.data import vocab as vocab_lib
-  from sw_zoo.data.dataset_info import read_dataset_info
+  from sw_zoo.run_dir import read_json
   from sw_zoo.inference import model_source
 
   source = model_source.load(args.source, use_ema=not args.no_ema)
@@ -84,12 +84,13 @@ def _inputs(args: argparse.Namespace):
   data_dir = os.path.abspath(data_dir)
   if not os.path.exists(os.path.join(data_dir, "dataset.json")):
     raise FileNotFoundError(f"{data_dir} has no dataset.json (not a prepared dataset)")
-  splits = read_dataset_info(data_dir)["splits"]
-  if args.split not in splits:
-    raise ValueError(f"--split {args.split!r}: {data_dir} has the splits {sorted(splits)}")
   tags_path = os.path.join(data_dir, "selected_tags.csv")
   tags = vocab_lib.read_selected_tags(tags_path)
   _check_vocab(source, tags, tags_path)
+  # dataset.json read as plain JSON: its own consistency checks come later, with the data.
+  splits = read_json(os.path.join(data_dir, "dataset.json")).get("splits") or {}
+  if args.split not in splits:
+    raise ValueError(f"--split {args.split!r}: {data_dir} has the splits {sorted(splits)}")
   threshold = next(t for t in (args.threshold, settings.get("threshold"), thresholds_lib.DEFAULT_THRESHOLD)
                    if t is not None)
   if not 0.0 <= threshold <= 1.0:
