@@ -92,14 +92,14 @@ def test_a_crash_while_writing_leaves_the_old_caption(bundle_dir, folder, monkey
 
 
 def test_usage_errors(bundle_dir, tmp_path, capsys):
-  assert cli.main(["tag", str(tmp_path / "missing"), "--model", bundle_dir]) == 1
+  assert cli.main(["tag", str(tmp_path / "missing"), "--model", bundle_dir]) == 2
   assert "no such directory" in capsys.readouterr().err
-  assert cli.main(["tag", str(tmp_path), "--model", bundle_dir]) == 1
+  assert cli.main(["tag", str(tmp_path), "--model", bundle_dir]) == 2
   assert "no images" in capsys.readouterr().err
   _image(tmp_path / "x.jpg", 0)
-  assert cli.main(["tag", str(tmp_path), "--model", str(tmp_path / "nope")]) == 1
+  assert cli.main(["tag", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
   assert "no such bundle directory" in capsys.readouterr().err
-  assert cli.main(["tag", str(tmp_path), "--model", "not-a-registered-name"]) == 1
+  assert cli.main(["tag", str(tmp_path), "--model", "not-a-registered-name"]) == 2
   assert "neither a bundle directory nor a registered name" in capsys.readouterr().err
   assert "tag" in (cli.main(["--help"]) == 0 and capsys.readouterr().out)
 

@@ -88,20 +88,17 @@ def _thresholds(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if args.use_rating_tags and args.use_rating_tags_as_last_tag:
-    print("sw-zoo tag: choose one of --use_rating_tags / --use_rating_tags_as_last_tag", file=sys.stderr)
-    return 2
+    raise ValueError("choose one of --use_rating_tags / --use_rating_tags_as_last_tag")
   # Every argument is checked before a file is touched (and before the model loads, which is slow).
   check_thresholds(args)
   extension = captions.normalize_extension(args.caption_extension)
   root = os.path.abspath(os.path.expanduser(args.dir))
   if not os.path.isdir(root):
-    print(f"sw-zoo tag: {root}: no such directory", file=sys.stderr)
-    return 1
+    raise FileNotFoundError(f"{root}: no such directory")
   files = list(iter_images(root, recursive=args.recursive))
   if not files:
-    print(f"sw-zoo tag: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}"
-          + ("" if args.recursive else " (add --recursive for sub-folders)"), file=sys.stderr)
-    return 1
+    raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}"
+                            + ("" if args.recursive else " (add --recursive for sub-folders)"))
   captions.check_caption_targets(files, extension)  # collisions, unwritable folders: raises, nothing written
   style = captions.CaptionStyle(
       separator=args.caption_separator, remove_underscore=args.remove_underscore,
@@ -114,11 +111,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     tagger = load_pretrained(args.model, cache_dir=args.cache_dir, batch_size=args.batch_size,
                              dtype=args.dtype, num_workers=args.workers)
-    thresholds = _thresholds(args)
-    tagger.thresholds_for(thresholds)
-  except (OSError, ValueError, RuntimeError) as e:
-    print(f"sw-zoo tag: {e}", file=sys.stderr)
-    return 1
+  except RuntimeError as e:  # PretrainedNotAvailable (offline, not cached): the user's to fix
+    raise FileNotFoundError(str(e)) from None
+  thresholds = _thresholds(args)
+  tagger.thresholds_for(thresholds)
   print(f"Tagging {len(files)} images in {root} with {tagger.bundle.path} "
         f"({tagger.bundle.spec.name}, {len(tagger.tags)} tags, {tagger.image_size} px)", file=sys.stderr)
   summary = captions.tag_files(tagger, files, style, thresholds=thresholds, mcut=args.mcut, extension=extension,
