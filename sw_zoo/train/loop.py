@@ -237,7 +237,7 @@ def _log_window(step: int, total_steps: int, fetched: list[dict[str, Any]], time
                 writer: MetricWriter, step_flops: float | None, n_dev: int, peak: float | None) -> None:
   """Means of the window's step stats (fetched in one host sync), throughput and MFU: logged,
   written to metrics.jsonl / W&B."""
-  images_per_s, steps_per_s, _ = timer.close_window(step)
+  images_per_s, steps_per_s = timer.close_window(step)
   scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[-1]}
   scalars["lr"] = float(fetched[-1]["lr"])
   scalars["skipped_steps"] = float(fetched[-1]["skipped_steps"])

@@ -79,15 +79,15 @@ class StepTimer:
     """After work that is not training (an evaluation), so it is not billed to throughput."""
     self.window_start = time.perf_counter()
 
-  def close_window(self, step: int) -> tuple[float, float, int]:
-    """Ends the log window at `step`: (images/s, steps/s, steps in the window)."""
+  def close_window(self, step: int) -> tuple[float, float]:
+    """Ends the log window at `step`: (images/s, steps/s)."""
     elapsed = time.perf_counter() - self.window_start
     steps = self.window_steps
     if step - steps > self.first_step:  # the first window includes compilation
       self.timed_images += steps * self.batch_size
       self.timed_seconds += elapsed
     self.window_start, self.window_steps = time.perf_counter(), 0
-    return steps * self.batch_size / elapsed, steps / elapsed, steps
+    return steps * self.batch_size / elapsed, steps / elapsed
 
   def run_images_per_s(self) -> float | None:
     return self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None
