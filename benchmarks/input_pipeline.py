@@ -3,11 +3,13 @@
     python benchmarks/input_pipeline.py                      # default run, ~2-3 minutes
     python benchmarks/input_pipeline.py --sizes 448 --seconds 5 --records 0   # throughput only
     python benchmarks/input_pipeline.py --images 0 --records 1000000          # memory only
+    python benchmarks/input_pipeline.py --records 0 --sizes 320 --workers 1,2,4   # readers at 320
 
 Throughput: ~200 natural-looking JPEGs (1/f-noise backgrounds with flat-coloured shapes, 512 px
 on the long side, several aspect ratios, quality 95) are written as an sw_zoo dataset and read
-back at each training size. Every figure is images per CPU-second of this process (so "per
-core", and robust to other load on a shared machine); wall-clock images/s are printed alongside.
+back at each training size. Every figure is images per CPU-second of this process and its child
+processes (grain's workers), so "per core" and robust to other load on a shared machine;
+wall-clock images/s and the cores kept busy (CPU-s per wall-s) are printed alongside.
 
   ceiling   simplejpeg.decode_jpeg of the same bytes, nothing else (one thread)
   PIL loop  Image.open(path).convert('RGB').resize((S, S), BICUBIC).transpose(FLIP), np.asarray
@@ -15,7 +17,13 @@ core", and robust to other load on a shared machine); wall-clock images/s are pr
             with decode_image(fast=True) (libjpeg-turbo fast IDCT + upsampling)
   pipeline  make_train_dataset(..., num_threads=1 | 2[, fast_decode=True]) batches of 32 over
             --pipeline-records records: record read, msgpack, decode, augment, batching, grain
-            threads
+            threads; then the same with num_workers=1 | 2 worker processes of --worker-threads
+            threads each (IPC through /dev/shm, batches interleaved back in order)
+  summary   per size: ceiling, threads=1|2, workers=1|2 (exact decode): img/s wall, img/CPU-s and
+            img/CPU-s / ceiling, the figure to multiply by a host's cores
+
+Pipelines are warmed up for --warmup wall seconds (worker start-up, buffers drained to steady
+state) before the CPU clock starts.
 
 Memory: `--records` tiny records are streamed through `make_train_dataset` (plain shuffle, then
 repeat-factor sampling) while RSS is sampled from /proc/self/statm after every batch; the peak
@@ -111,15 +119,67 @@ def write_dataset(out_dir: str, images_bytes, *, num_examples: int, seed: int,
 
 # ---- Timing -------------------------------------------------------------------------------------
 
-def timed(step, seconds: float) -> tuple[float, float]:
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> list[int]:
+  children: dict[int, list[int]] = {}
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        continue  # exited while we looked
+      children.setdefault(ppid, []).append(int(entry))
+  found, todo = [], [root]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      found.append(child)
+      todo.append(child)
+  return found
+
+
+def cpu_seconds(pids) -> float:
+  """CPU time (user + system) of this process and of `pids` (its descendants: grain's worker
+  processes do the decoding when num_workers > 0, and their CPU is part of the cost)."""
+  total = time.process_time()
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue  # exited: its CPU can no longer be read (none exit inside a window)
+    total += (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (stat fields 14, 15)
+  return total
+
+
+def timed(step, seconds: float, warmup: float = 0.0) -> tuple[float, float, float]:
   """Calls step() (which returns how many images it handled) until `seconds` of CPU time have
-  passed; returns (images per CPU-second, images per wall-second)."""
-  step()  # warm-up
-  images, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
-  while time.process_time() - cpu0 < seconds:
+  passed; returns (images per CPU-second, images per wall-second, cores busy = CPU-s / wall-s).
+
+  Warm-up: one call, then more for `warmup` wall seconds. A pipeline then has started its
+  workers and drained its prefetch buffers (the consumer here is faster than any reader), so
+  they are near-empty both when the clock starts and when it stops: read-ahead done before the
+  window is not billed as free images. The CPU clock (which reads /proc) is checked every 0.1 s
+  of wall time, not every call, so checking costs nothing measurable.
+  """
+  step()
+  end = time.perf_counter() + warmup
+  while time.perf_counter() < end:
+    step()
+  pids = _descendants(os.getpid())  # the workers exist by now
+  images, cpu0, wall0 = 0, cpu_seconds(pids), time.perf_counter()
+  next_check = wall0
+  while True:
     images += step()
-  cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-  return images / cpu, images / wall
+    now = time.perf_counter()
+    if now >= next_check:
+      if cpu_seconds(pids) - cpu0 >= seconds:
+        break
+      next_check = now + 0.1
+  cpu, wall = cpu_seconds(pids) - cpu0, time.perf_counter() - wall0
+  return images / cpu, images / wall, cpu / wall
 
 
 def cycle(items):
@@ -156,8 +216,8 @@ def measure_throughput(args) -> None:
           f" KB) written in {time.perf_counter() - t0:.1f} s")
 
     next_blob, next_path = cycle(blobs), cycle(paths)
-    ceiling, ceiling_wall = timed(lambda: simplejpeg.decode_jpeg(next_blob()) is not None,
-                                  args.seconds)
+    ceiling, ceiling_wall, ceiling_busy = timed(lambda: simplejpeg.decode_jpeg(next_blob()) is not None,
+                                     args.seconds)
     print(f"\nceiling (simplejpeg decode only, 1 thread): {ceiling:7.1f} img/CPU-s "
           f"({ceiling_wall:.1f} img/s wall)")
     for size in args.sizes:
@@ -168,31 +228,46 @@ def measure_throughput(args) -> None:
           out = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
           np.asarray(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
         return 1
-      pil, pil_wall = timed(pil_loop, args.seconds)
-      print(f"  {'PIL loop (1 thread)':34s} {pil:7.1f} img/CPU-s ({pil_wall:6.1f} wall)  "
+      pil, pil_wall, _ = timed(pil_loop, args.seconds)
+      print(f"  {'PIL loop (1 thread)':44s} {pil:7.1f} img/CPU-s ({pil_wall:6.1f} wall)  "
             f"{pil / ceiling:.2f} of ceiling")
       for name, spec in SPECS.items():
         for fast in (False, True):
           fn = augment.make_augmenter(spec, size)
           gen = np.random.default_rng(0)
-          per_core, wall = timed(
+          per_core, wall, _ = timed(
               lambda: fn(records.decode_image(next_blob(), fast=fast), gen) is not None,
               args.seconds)
           label = f"augment {name}{', fast decode' if fast else ''} (1 thread)"
-          print(f"  {label:34s} {per_core:7.1f} img/CPU-s "
+          print(f"  {label:44s} {per_core:7.1f} img/CPU-s "
                 f"({wall:6.1f} wall)  {per_core / ceiling:.2f} of ceiling, "
                 f"{per_core / pil:.2f}x PIL loop")
-      for threads in args.threads:
+      # (label, num_workers, num_threads): in-process threads, then worker processes.
+      readers = [(f"threads={t}", 0, t) for t in args.threads]
+      readers += [(f"workers={w} x threads={args.worker_threads}", w, args.worker_threads)
+                  for w in args.workers]
+      summary = [("decode ceiling (1 thread)", ceiling_wall, ceiling, ceiling_busy)]
+      for reader, workers, threads in readers:
         for fast in (False, True):
           it = iter(pipeline.make_train_dataset(
               data_dir, global_batch_size=32, image_size=size, seed=0, augment_spec=SPECS["rrc"],
-              num_threads=threads, prefetch_batches=2, fast_decode=fast))
-          per_core, wall = timed(lambda: len(next(it)["image"]), args.seconds)
-          label = f"pipeline rrc{', fast decode' if fast else ''}, num_threads={threads}"
-          print(f"  {label:34s} {per_core:7.1f} img/CPU-s "
-                f"({wall:6.1f} wall)  {per_core / ceiling:.2f} of ceiling, "
+              num_threads=threads, prefetch_batches=2 * threads, fast_decode=fast,
+              num_workers=workers))
+          per_core, wall, busy = timed(lambda: len(next(it)["image"]), args.seconds,
+                                       warmup=args.warmup)
+          it.close()  # stops worker processes now, so none is left running into the next row
+          label = f"pipeline rrc{', fast decode' if fast else ''}, {reader}"
+          print(f"  {label:44s} {per_core:7.1f} img/CPU-s "
+                f"({wall:6.1f} wall, {busy:.2f} cores)  {per_core / ceiling:.2f} of ceiling, "
                 f"{per_core / pil:.2f}x PIL loop")
-          del it
+          if not fast:
+            summary.append((reader, wall, per_core, busy))
+      print(f"\n  summary, size {size} (pipeline rrc, exact decode, batches of 32):")
+      print(f"  {'reader':32s} {'img/s wall':>10s} {'cores busy':>10s} {'img/CPU-s':>10s}"
+            f" {'per core / ceiling':>19s}")
+      for label, wall, per_core, busy in summary:
+        print(f"  {label:32s} {wall:10.1f} {busy:10.2f} {per_core:10.1f} "
+              f"{per_core / ceiling:19.2f}")
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -241,7 +316,13 @@ def main() -> None:
   parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")],
                       default=[448, 320], help="training sizes, comma-separated")
   parser.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")],
-                      default=[1, 2], help="grain num_threads values for the pipeline")
+                      default=[1, 2], help="grain num_threads values for the in-process pipeline")
+  parser.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",") if v],
+                      default=[1, 2], help="num_workers values (worker processes) to time")
+  parser.add_argument("--worker-threads", type=int, default=1,
+                      help="grain num_threads inside each worker process")
+  parser.add_argument("--warmup", type=float, default=2.0,
+                      help="wall seconds each pipeline runs before its CPU clock starts")
   parser.add_argument("--seconds", type=float, default=2.5,
                       help="CPU seconds per measurement")
   parser.add_argument("--records", type=int, default=100_000,

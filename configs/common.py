@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.repeat_factor_threshold = 0.0
   c.data.num_threads = 16  # grain reader threads per process
   c.data.prefetch = 8  # batches prefetched per process
+  # grain worker processes per host: 0 reads in the training process with num_threads threads
+  # (decode shares its GIL); N > 0 spawns N workers, each with num_threads threads and
+  # `prefetch` batches of read-ahead (so lower both when raising N). Same batches and
+  # checkpointed iterator state for every N. See BUILD_NOTES.md (Data > Input pipeline).
+  c.data.num_workers = 0
   # If set and data.dir has no dataset yet, the built-in synthetic dataset is generated there.
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.enabled = False
@@ -75,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attn = "eca"  # eca | se | none
   c.model.dtype = "bfloat16"  # compute dtype; params stay float32
   c.model.drop_path_rate = 0.1
+  # Rematerialisation: each block's activations are recomputed in the backward pass instead of
+  # kept, for less device memory (bigger batches / images) at ~1/3 more compute per step.
+  c.model.remat = False
 
   # Multi-label loss, summed over tags (sw_zoo/train/losses.py): bce | asl | focal.
   c.loss = ml_collections.ConfigDict()
@@ -150,4 +158,12 @@ def base_config() -> ml_collections.ConfigDict:
   # For MFU: peak FLOP/s of one device. 0: looked up from the device kind (TPU v4/v5e/v5p/v6e,
   # A100, H100, H200); unknown kinds (CPUs) log TFLOP/s but no MFU.
   c.peak_flops_per_device = 0.0
+
+  # A jax.profiler trace of `steps` training steps (0: none), starting `skip_steps` after the
+  # step the run starts or resumes at (the first step compiles), written to <workdir>/profile
+  # (TensorBoard / XProf, and perfetto_trace.json.gz for ui.perfetto.dev).
+  c.profile = ml_collections.ConfigDict()
+  c.profile.steps = 0
+  c.profile.skip_steps = 5
+  c.profile.all_processes = False  # False: process 0 only; True: each into profile/process_<i>
   return c

@@ -46,9 +46,11 @@ from data_prep.options import PrepareOptions
 from data_prep.report import REPORT_FILENAME
 from data_prep.resume import PROGRESS_DIR
 from data_prep.sources import Source
+from sw_zoo import storage
 from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir
 from sw_zoo.data.dataset_info import DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME, write_dataset_info
 from sw_zoo.data.records import SCHEMA_VERSION
+from sw_zoo.data.shard_writer import SHARD_SUFFIX
 from sw_zoo.data.vocab import write_selected_tags
 
 # Importable from here, where the CLI, inspect_data and the tests look for them.
@@ -105,10 +107,29 @@ def prepare(source: Source, out_dir: str | os.PathLike,
   process. The bytes written do not depend on `workers`.
   """
   options.validate()
-  hasher = inputs.InputHasher(fingerprint)  # ValueError for an unknown mode, before any work.
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  check_output_dir(out_dir, is_own=is_prepare_output, what="a dataset made by prepare",
+  inputs.InputHasher(fingerprint)  # ValueError for an unknown mode, before any work.
+  out = os.fspath(out_dir)
+  run = dict(workers=workers, overwrite=overwrite, fingerprint=fingerprint, progress=progress)
+  check_output_dir(out, is_own=is_prepare_output, what="a dataset made by prepare",
                    force=force, protect=input_paths(source))
+  if not storage.is_remote(out):
+    return _prepare(source, os.path.abspath(out), options, **run)
+  # gs://: converted in the bucket's local mirror (so resume and the no-op rerun work as locally),
+  # then uploaded with dataset.json last; an interrupted run uploads its finished shards and
+  # progress records, so a rerun on any machine resumes from them.
+  with storage.output_dir(out, last=[DATASET_INFO_FILENAME], owned=_is_prepare_file, push_on_error=True) as local:
+    return _prepare(source, local, options, **run)
+
+
+def _is_prepare_file(rel: str) -> bool:
+  """Files prepare makes (the only ones it may remove from a bucket)."""
+  return (rel.startswith(PROGRESS_DIR + "/") or rel.endswith(SHARD_SUFFIX)
+          or rel in (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME, REPORT_FILENAME, inputs.INPUT_MANIFEST_FILENAME))
+
+
+def _prepare(source: Source, out_dir: str, options: PrepareOptions, *, workers: int | None, overwrite: bool,
+             fingerprint: str, progress: bool) -> dict[str, Any]:
+  hasher = inputs.InputHasher(fingerprint)
   workers = (os.cpu_count() or 1) if workers is None else workers
   start = time.perf_counter()
   mapper = options.make_mapper()

@@ -190,18 +190,19 @@ def collect(progress_dir: str, out_dir: str, plan_shards: dict[str, int],
   splits_info, skipped_items = {}, []
   label_counts = collections.Counter()
   for split, num_shards in plan_shards.items():
-    shards, num_examples = [], 0
+    shards, shard_examples, num_examples = [], [], 0
     for index in range(num_shards):
       record = read_record(progress_dir, out_dir, split, index)
       if record is None:
         raise RuntimeError(f"shard {index} of split {split!r} is missing after the run")
       if record["shard"]:
         shards.append(record["shard"])
+        shard_examples.append(record["num_records"])
       num_examples += record["num_records"]
       skipped_items += record["skipped"]
       if split == "train":
         label_counts.update({int(i): int(n) for i, n in record["label_counts"]})
-    splits_info[split] = {"num_examples": num_examples, "shards": shards}
+    splits_info[split] = {"num_examples": num_examples, "shards": shards, "shard_examples": shard_examples}
   if splits_info.get("validation", {}).get("num_examples", 1) == 0:
     log.warning("the validation split is empty; raise --val-permille or add data")
   counted = TagVocab([Tag(name=t.name, category=t.category, count=label_counts.get(i, 0),

@@ -43,7 +43,7 @@ from PIL import Image
 
 from data_prep.synthetic_scene import (CHARACTER_TAGS, GENERAL_TAGS, RATING_TAGS, rating_of,
                                        render_scene)
-from sw_zoo import progress
+from sw_zoo import progress, storage
 from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir
 from sw_zoo.data.dataset_info import (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME,
                                       read_dataset_info, write_dataset_info)
@@ -192,7 +192,8 @@ def _write_splits(out_dir: str, config: _Config, sizes: dict[str, int], shard_si
             if split == "train":
               counts[labels] += 1
             bar.update(1)
-        splits_info[split] = {"num_examples": sizes[split], "shards": writer.filenames}
+        splits_info[split] = {"num_examples": sizes[split], "shards": writer.filenames,
+                              "shard_examples": writer.shard_examples}
   finally:
     if pool is not None:
       pool.terminate()
@@ -227,6 +228,22 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
   args = _generator_args(num_train, num_val, image_size, seed, float(drop_tag_fraction),
                          shard_size)
   check_output(out_dir, force=force)
+  if storage.is_remote(out_dir):
+    # gs://: generated in the bucket's local mirror, uploaded with dataset.json last.
+    with storage.output_dir(out_dir, last=[DATASET_INFO_FILENAME], owned=_is_synthetic_file) as local:
+      return _generate(local, args, overwrite=overwrite, workers=workers, progress=progress)
+  return _generate(out_dir, args, overwrite=overwrite, workers=workers, progress=progress)
+
+
+def _is_synthetic_file(rel: str) -> bool:
+  return rel.endswith(".array_record") or rel in (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME, MARKER_FILENAME)
+
+
+def _generate(out_dir: str, args: dict[str, Any], *, overwrite: bool, workers: int | None,
+              progress: bool) -> dict[str, Any]:
+  num_train, num_val = args["num_train"], args["num_val"]
+  image_size, seed, drop_tag_fraction, shard_size = (args["image_size"], args["seed"], args["drop_tag_fraction"],
+                                                     args["shard_size"])
   existing = _reuse_existing(out_dir, args, overwrite)
   if existing is not None:
     return existing

@@ -26,6 +26,10 @@
 #   GCS_BUCKET        bucket of the default workdir (required unless --workdir is given)
 #   SW_ZOO_REF        git commit/branch/tag to ship (default: the working tree as it is,
 #                     uncommitted and untracked non-ignored files included)
+#   SW_ZOO_CACHE      passed to the trainer: where each worker mirrors gs:// data (default
+#                     ~/.cache/sw_zoo; point it at a big local SSD)
+#   SW_ZOO_CACHE_MAX_GB  passed to the trainer: the bound on that mirror (default: 90% of the
+#                     disk it is on); each worker stages only the shards of its own slice
 #
 # On each worker: code in ~/sw_zoo, venv in ~/sw_zoo_venv, trainer log in ~/sw_zoo_train.log.
 set -euo pipefail
@@ -203,8 +207,12 @@ run "${tpu[@]}" ssh "$TPU_NAME" "${on_workers[@]}" --command="$setup"
 # ---- 4. Start the trainer on every worker, detached -------------------------------------------
 # setsid + nohup + redirected stdio: the trainer outlives the ssh session; its pid is kept so
 # the next launch can stop it.
-trainer="~/sw_zoo_venv/bin/python $(quote_words -m sw_zoo.train --config "$cfg_file$cfg_arg" \
-  --workdir "$workdir" --multihost ${overrides[@]+"${overrides[@]}"})"
+# The mirror of gs:// data on each worker (where, how big) follows this shell's settings.
+pass_env=()
+[ -z "${SW_ZOO_CACHE:-}" ] || pass_env+=("SW_ZOO_CACHE=$SW_ZOO_CACHE")
+[ -z "${SW_ZOO_CACHE_MAX_GB:-}" ] || pass_env+=("SW_ZOO_CACHE_MAX_GB=$SW_ZOO_CACHE_MAX_GB")
+trainer="${pass_env[*]:+env $(quote_words "${pass_env[@]}") }~/sw_zoo_venv/bin/python $(quote_words \
+  -m sw_zoo.train --config "$cfg_file$cfg_arg" --workdir "$workdir" --multihost ${overrides[@]+"${overrides[@]}"})"
 start=$(join \
   'cd ~/sw_zoo' \
   'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting sw_zoo.train" >> ~/sw_zoo_train.log' \

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from sw_zoo import storage
+
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -54,6 +56,45 @@ def _finished_steps(directory: str) -> list[int]:
                 if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
 
 
+# Orbax writes this file into a step last when the store cannot rename (GCS); locally it renames.
+_COMMIT_MARKER = "commit_success.txt"
+
+
+def _finished_remote_steps(url: str) -> list[int]:
+  names = set(storage.remote_files(url))
+  return sorted(int(d) for d in {n.split("/", 1)[0] for n in names}
+                if d.isdigit() and f"{d}/{_COMMIT_MARKER}" in names)
+
+
+def localize_run(url: str) -> str:
+  """A gs:// run (workdir, checkpoints/ or checkpoints/N) mirrored locally with just what reading
+  it needs: config.json, eval_summary.json, bundle/ and the one step; returns the mirror of `url`
+  (so `resolve_step_dir` on it names the same step). Local paths are returned as they are."""
+  if not storage.is_remote(url):
+    return url
+  url = url.rstrip("/")
+  step_url = None
+  if storage.isfile(storage.join(url, _COMMIT_MARKER)) and storage.isdir(storage.join(url, "state")):
+    step_url = url
+  else:
+    for directory in (url, storage.join(url, CHECKPOINTS_DIR)):
+      steps = _finished_remote_steps(directory) if storage.isdir(directory) else []
+      if steps:
+        step_url = storage.join(directory, str(steps[-1]))
+        break
+  if step_url is None:
+    raise RunError(f"{url}: no finished checkpoint there (expected a run's workdir, its checkpoints/ directory, "
+                   "or checkpoints/<step>)")
+  workdir = workdir_of(step_url)
+  for name in (CONFIG_FILE, EVAL_SUMMARY_FILE):
+    if storage.isfile(storage.join(workdir, name)):
+      storage.pull(storage.join(workdir, name))
+  if storage.isdir(storage.join(workdir, BUNDLE_DIR)):
+    storage.pull(storage.join(workdir, BUNDLE_DIR), exact=True)
+  storage.pull(step_url)
+  return storage.mirror_path(url)
+
+
 def resolve_step_dir(path: str) -> str:
   """workdir | workdir/checkpoints | workdir/checkpoints/N -> the step directory to read."""
   path = absolute(path)
@@ -76,8 +117,7 @@ def workdir_of(step_dir: str) -> str:
 
 def read_json(path: str) -> dict[str, Any]:
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except json.JSONDecodeError as err:
     raise ValueError(f"{path}: not valid JSON ({err})") from None
 

@@ -144,17 +144,22 @@ def test_same_inputs_give_identical_bytes_and_rerun_is_a_noop(folder, folder_out
                     convert.PrepareOptions(**{**SMALL, "quality": 80}), workers=1, progress=False)
 
 
-def test_resume_after_interruption(folder, folder_out, tmp_path, monkeypatch):
-  out, _ = folder_out
-  resumed = tmp_path / "resumed"
+def interrupt_after_shards(monkeypatch, n):
+  """Makes the next prepare raise KeyboardInterrupt (as Ctrl-C would) after its n-th shard."""
   calls = []
 
   def interrupt(split, index):
     calls.append((split, index))
-    if len(calls) == 2:
+    if len(calls) == n:
       raise KeyboardInterrupt
 
   monkeypatch.setattr(convert, "_after_shard_hook", interrupt)
+
+
+def test_resume_after_interruption(folder, folder_out, tmp_path, monkeypatch):
+  out, _ = folder_out
+  resumed = tmp_path / "resumed"
+  interrupt_after_shards(monkeypatch, 2)
   with pytest.raises(KeyboardInterrupt):
     convert.prepare(FolderSource(folder[0]), resumed, convert.PrepareOptions(**SMALL), workers=1,
                     progress=False)

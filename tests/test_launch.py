@@ -25,7 +25,8 @@ LAUNCH = ROOT / "launch"
 SWEEP_YAML = LAUNCH / "sweep_size_x_activation.yaml"
 POD_ENV = {"TPU_NAME": "tagger", "TPU_ZONE": "us-central2-b", "GCS_BUCKET": "bkt"}
 POD_VARS = ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT", "TPU_TYPE", "TPU_RUNTIME", "TPU_SPOT",
-            "TPU_CREATE_FLAGS", "TPU_SSH_FLAGS", "GCS_BUCKET", "SW_ZOO_REF")
+            "TPU_CREATE_FLAGS", "TPU_SSH_FLAGS", "GCS_BUCKET", "SW_ZOO_REF", "SW_ZOO_CACHE",
+            "SW_ZOO_CACHE_MAX_GB")
 # Overrides a shell would split or mangle if they were passed through unquoted.
 TRICKY = ["--config.wandb.tags=a,b", "--config.wandb.name=my run's"]
 
@@ -109,7 +110,8 @@ def test_tpu_pod_dry_run_options():
   result = _bash(LAUNCH / "tpu_pod.sh", "configs/l2_silu_eca.py:runlocal", "--workdir", "gs://b/x y",
                  "--config.optim.lr=0.05", "--dry-run",
                  env=_env(TPU_NAME="t", TPU_ZONE="z", TPU_SPOT="1", TPU_TYPE="v5litepod-16",
-                          TPU_CREATE_FLAGS="--reserved --network=n", TPU_SSH_FLAGS="--internal-ip"))
+                          TPU_CREATE_FLAGS="--reserved --network=n", TPU_SSH_FLAGS="--internal-ip",
+                          SW_ZOO_CACHE_MAX_GB="200"))
   assert result.returncode == 0, result.stderr  # no GCS_BUCKET needed with --workdir
   gcloud = [c for c in _commands(result.stdout) if c[0] == "gcloud"]
   create = gcloud[1]
@@ -117,9 +119,10 @@ def test_tpu_pod_dry_run_options():
   assert create[-3:] == ["--spot", "--reserved", "--network=n"]
   assert all("--internal-ip" in c for c in gcloud[2:])
   assert not any(a.startswith("--project") for c in gcloud for a in c)
-  assert _trainer_argv(_option(gcloud[-1], "--command"))[3:] == [
-      "--config", "configs/l2_silu_eca.py:runlocal", "--workdir", "gs://b/x y", "--multihost",
-      "--config.optim.lr=0.05"]
+  argv = _trainer_argv(_option(gcloud[-1], "--command"))
+  assert argv[:2] == ["env", "SW_ZOO_CACHE_MAX_GB=200"]  # the gs:// mirror's bound reaches the workers
+  assert argv[5:] == ["--config", "configs/l2_silu_eca.py:runlocal", "--workdir", "gs://b/x y", "--multihost",
+                      "--config.optim.lr=0.05"]
 
 
 @pytest.mark.parametrize("missing", ["TPU_NAME", "TPU_ZONE", "GCS_BUCKET"])

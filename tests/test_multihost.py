@@ -166,6 +166,25 @@ def assert_same_params(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), a, b)
 
 
+def sigkill_when(cmd, env, log_path, ready, poll=0.02):
+  """Starts `cmd`, SIGKILLs it (no handler, no final save; an async save may be torn) once
+  `ready()` is true, and returns its log; fails if it ended by itself first."""
+  with open(log_path, "w") as out:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + LAUNCH_TIMEOUT
+    while proc.poll() is None and time.time() < deadline and not ready():
+      time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  log = open(log_path).read()
+  assert proc.returncode == -signal.SIGKILL, log
+  return log
+
+
 def finalized_steps(workdir):
   d = os.path.join(workdir, "checkpoints")
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
@@ -246,19 +265,8 @@ def test_sigkilled_run_restarts_from_last_complete_checkpoint(tiny_data, compile
                                      "checkpoint.async_save": True})
   env = child_env(2, compile_cache)
   workdir = str(tmp_path / "killed")
-  with open(tmp_path / "killed.log", "w") as out:
-    proc = subprocess.Popen(trainer_cmd(workdir, o), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-  try:
-    deadline = time.time() + LAUNCH_TIMEOUT
-    while not [s for s in finalized_steps(workdir) if s >= 4] and proc.poll() is None and time.time() < deadline:
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # no handler, no final save; an async save may be torn
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  log = (tmp_path / "killed.log").read_text()
-  assert proc.returncode == -signal.SIGKILL, log
+  log = sigkill_when(trainer_cmd(workdir, o), env, tmp_path / "killed.log",
+                     lambda: [s for s in finalized_steps(workdir) if s >= 4])
   complete = finalized_steps(workdir)
   assert complete and 4 <= complete[-1] < total, (complete, log)
   # A save torn half-way leaves only its temporary directory (Orbax renames it when complete);

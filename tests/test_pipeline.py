@@ -1,13 +1,14 @@
 """grain pipelines: process slicing, batch shapes, determinism, epochs, resumption, eval cover."""
 
 import hashlib
+import shutil
 
 import grain
 import numpy as np
 import pytest
 
 from data_prep import synthetic
-from sw_zoo.data import augment, augment_spec, balance, dataset_info, pipeline, records
+from sw_zoo.data import augment, augment_spec, balance, dataset_info, pipeline, records, remote_dataset
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE = 64, 24, 32
 
@@ -48,8 +49,29 @@ def test_process_slices_disjoint_and_complete(num_examples):
     assert len(joined) == len(set(joined.tolist())) == num_examples
     np.testing.assert_array_equal(np.sort(joined), np.arange(num_examples))
     assert max(map(len, slices)) - min(map(len, slices)) <= 1
+    # Contiguous blocks: a process touches only the shards holding its block (gs:// staging).
+    assert all(np.array_equal(s, np.arange(s[0], s[0] + len(s))) for s in slices if len(s))
   with pytest.raises(ValueError):
     pipeline.process_slice_indices(10, 2, 2)
+
+
+def test_a_process_opens_only_the_shards_of_its_block(data_dir, tmp_path):
+  """dataset.json's shard_examples lets a process open just the shards holding its block; the
+  records it reads are those of the same block of the whole split, with or without the counts."""
+  info = dataset_info.read_dataset_info(data_dir)
+  full = grain.sources.ArrayRecordDataSource(dataset_info.split_paths(data_dir, "train"))
+  old_style = tmp_path / "no_counts"
+  shutil.copytree(data_dir, old_style)
+  dataset_info.write_dataset_info(old_style, {**info, "splits": {
+      k: {kk: vv for kk, vv in v.items() if kk != "shard_examples"} for k, v in info["splits"].items()}})
+  for process_index in range(3):
+    block = pipeline.process_slice(len(full), process_index, 3)
+    want = [full[i] for i in range(block.start, block.stop)]
+    for directory in (data_dir, old_style):
+      _, local, total = pipeline._open_split(str(directory), "train", process_index, 3)
+      assert total == len(full) and [local[i] for i in range(len(local))] == want
+    shards, _ = remote_dataset.block_shards(info["splits"]["train"], block.start, block.stop)
+    assert len(shards) < len(info["splits"]["train"]["shards"])
 
 
 def test_train_batch_shapes_and_dtypes(data_dir):

@@ -159,6 +159,10 @@ def test_dataset_info_validation_names_key(tmp_path):
     dataset_info.read_dataset_info(tmp_path)
   with pytest.raises(FileNotFoundError, match="dataset.json"):
     dataset_info.read_dataset_info(tmp_path / "nowhere")
+  train = good["splits"]["train"]
+  for counts in ([4, 4], [4, 4, 3], [4, -1, 7], "10"):  # wrong length, wrong sum, negative, not a list
+    with pytest.raises(ValueError, match=r"'splits\.train\.shard_examples' must list one non-negative count"):
+      dataset_info.write_dataset_info(tmp_path, {**good, "splits": {"train": {**train, "shard_examples": counts}}})
 
 
 def test_fast_decode_is_close_and_opt_in():

@@ -73,7 +73,8 @@ def _inputs(args: argparse.Namespace):
   import jax
 
   from sw_zoo.data import vocab as vocab_lib
-  from sw_zoo.run_dir import read_json
+  from sw_zoo import run_dir, storage
+  from sw_zoo.data import dataset_info
   from sw_zoo.inference import model_source
 
   source = model_source.load(args.source, use_ema=not args.no_ema)
@@ -81,14 +82,15 @@ def _inputs(args: argparse.Namespace):
   data_dir = args.data or settings.get("data_dir")
   if not data_dir:
     raise ValueError("--data is required (the source names no dataset directory)")
-  data_dir = os.path.abspath(data_dir)
-  if not os.path.exists(os.path.join(data_dir, "dataset.json")):
+  data_dir = run_dir.absolute(data_dir)
+  storage.check_bucket(data_dir)
+  if not storage.exists(storage.join(data_dir, "dataset.json")):
     raise FileNotFoundError(f"{data_dir} has no dataset.json (not a prepared dataset)")
-  tags_path = os.path.join(data_dir, "selected_tags.csv")
+  tags_path = dataset_info.selected_tags_path(data_dir)
   tags = vocab_lib.read_selected_tags(tags_path)
-  _check_vocab(source, tags, tags_path)
+  _check_vocab(source, tags, storage.join(data_dir, "selected_tags.csv"))
   # dataset.json read as plain JSON: its own consistency checks come later, with the data.
-  splits = read_json(os.path.join(data_dir, "dataset.json")).get("splits") or {}
+  splits = run_dir.read_json(storage.join(data_dir, "dataset.json")).get("splits") or {}
   if args.split not in splits:
     raise ValueError(f"--split {args.split!r}: {data_dir} has the splits {sorted(splits)}")
   threshold = next(t for t in (args.threshold, settings.get("threshold"), thresholds_lib.DEFAULT_THRESHOLD)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     init_distributed()
   import jax
 
-  from sw_zoo import sharding
+  from sw_zoo import sharding, storage
   from sw_zoo.evaluation import eval_outputs, report
   from sw_zoo.evaluation.evaluator import Evaluator
   from sw_zoo.data.atomic_file import check_output_dir
@@ -118,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
   source, data_dir, tags, threshold, batch_size = _inputs(args)
   settings = source.settings
-  out_dir = args.out or os.path.join(
-      source.root, f"eval_{args.split}" + (f"_step{source.step}" if source.step_given else ""))
+  out_dir = args.out or storage.join(
+      source.home, f"eval_{args.split}" + (f"_step{source.step}" if source.step_given else ""))
   lead = jax.process_index() == 0
   check_output_dir(out_dir, is_own=eval_outputs.is_eval_dir, what="sw-zoo eval output", force=args.force,
                    protect=[data_dir, source.root])
@@ -153,11 +155,17 @@ def main(argv: list[str] | None = None) -> int:
   if not lead:
     return 0
 
-  written = eval_outputs.write(out_dir, summary, rep, tags, suggested, threshold=threshold, plots=not args.no_plots)
+  # Checked above (empty, absent, our own or --force), so stale files of its own kinds may go.
+  with storage.output_dir(out_dir, owned=lambda rel: True) as local_out:
+    written = eval_outputs.write(local_out, summary, rep, tags, suggested, threshold=threshold,
+                                 plots=not args.no_plots)
   bundle_dir = source.root if source.kind == "bundle" else source.run_bundle()
   bundle_config = os.path.join(bundle_dir, CONFIG_FILE) if bundle_dir else None
   if bundle_config and thresholds_lib.update_bundle(bundle_config, suggested):
-    print(f"Updated the thresholds in {bundle_config} ({args.threshold_method})")
+    bundle_url = storage.url_of(bundle_dir) if source.origin else None
+    if bundle_url:  # the bundle read from gs:// is updated there too, config.json last
+      storage.push(bundle_dir, bundle_url, last=[CONFIG_FILE])
+    print(f"Updated the thresholds in {bundle_url or bundle_config} ({args.threshold_method})")
 
   print(report.category_table(rep.categories, threshold=threshold))
   speed = f"{result.forward_images_per_s:.1f} img/s forward" if result.forward_images_per_s else "forward not timed"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sw_zoo import progress
+from sw_zoo import progress, run_dir, storage
 from sw_zoo.curation import label_issues as issues_lib
 from sw_zoo.curation import missing_tags_report as report
 from sw_zoo.data.atomic_file import check_output_dir
@@ -77,6 +77,16 @@ def _predict(args: argparse.Namespace, split: str, n: int) -> predictions_lib.Pr
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  if storage.is_remote(args.out):
+    # gs://: checked against the bucket, written in its local mirror, uploaded when done.
+    check_output_dir(args.out, is_own=report.is_report_dir, what="a find-missing-tags report", force=args.force,
+                     protect=[args.data, *(args.predictions or [])])
+    with storage.output_dir(args.out, owned=lambda rel: True) as local:
+      return _main(argparse.Namespace(**{**vars(args), "out": local}))
+  return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
   split_name = args.split or ("validation" if args.model else "train")
   if args.predict_only and not args.model:
     print("sw-zoo find-missing-tags: --predict-only needs --model", file=sys.stderr)
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                    protect=[args.data, *(args.predictions or [])])
   splits = read_dataset_info(args.data)["splits"]
   if split_name not in splits:
-    raise ValueError(f"{os.path.abspath(args.data)} has no split {split_name!r}; it has {sorted(splits)}")
+    raise ValueError(f"{run_dir.absolute(args.data)} has no split {split_name!r}; it has {sorted(splits)}")
   num_images = int(splits[split_name]["num_examples"])
   if args.model:
     predictions = [_predict(args, split_name, num_images)]
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
   num_missing = int(found.missing.sum())
   summary: dict[str, Any] = {
-      "data": os.path.abspath(args.data), "split": split_name, "images_checked": int(len(rows)),
+      "data": run_dir.absolute(args.data), "split": split_name, "images_checked": int(len(rows)),
       "images_in_split": int(len(split.ids)), "tags_checked": int(len(cols)),
       "predictions": [p.meta.get("model") for p in predictions],
       "flags": len(found), "missing": num_missing, "wrong": len(found) - num_missing,

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from sw_zoo import progress
+from sw_zoo import progress, run_dir, storage
 from sw_zoo.curation import embedding_index, split_labels
 from sw_zoo.data import dataset_info
 from sw_zoo.data.atomic_file import check_output_dir
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="replace --out even if it holds something else (never its own inputs)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   args = parser.parse_args(argv)
-  source = os.path.abspath(os.path.expanduser(args.source))
-  if os.path.isfile(os.path.join(source, dataset_info.DATASET_INFO_FILENAME)):
+  source = run_dir.absolute(args.source)
+  if storage.isfile(storage.join(source, dataset_info.DATASET_INFO_FILENAME)):  # local or gs://
     info = dataset_info.read_dataset_info(source)
     splits = [args.split] if args.split else list(info["splits"])
     for s in splits:
@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     raise FileNotFoundError(f"{source}: no such directory")
   check_output_dir(args.out, is_own=embedding_index.is_index, what="a search index", force=args.force,
                    protect=[source])
+  with storage.output_dir(args.out, owned=lambda rel: True) as local_out:  # gs://: uploaded when built
+    return _build(args, source, items, total, local_out)
 
+
+def _build(args: argparse.Namespace, source: str, items, total: int, out: str) -> int:
   from sw_zoo.inference.pretrained import load_pretrained  # jax only once there is work
 
   skipped = []
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     tagger = load_pretrained(args.model, batch_size=args.batch_size)
     with progress.bar(total, "embedding", unit="img", enabled=not args.no_progress) as bar:
       meta = embedding_index.build(
-          tagger, items, args.out, model=tagger.bundle.path, connectivity=args.connectivity,
+          tagger, items, out, model=tagger.bundle.path, connectivity=args.connectivity,
           expansion_add=args.expansion_add, expansion_search=args.expansion_search, progress=bar.update,
           on_error=lambda item, err: skipped.append((item, err)), force=args.force, protect=[source])
   except ImportError as e:
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
   for item, err in skipped:
     print(f"skipped {item.get('path') or item.get('source') or item.get('id')}: {err}", file=sys.stderr)
   check = meta["check"]
-  print(f"Indexed {meta['count']} images ({meta['dim']}-d) into {os.path.abspath(args.out)}"
+  print(f"Indexed {meta['count']} images ({meta['dim']}-d) into {run_dir.absolute(args.out)}"
         + (f"; skipped {len(skipped)}" if skipped else ""))
   if check.get("queries"):
     print(f"recall@{check['k']} vs exact search: {check[f'recall_at_{embedding_index.RECALL_K}']:.4f} over "

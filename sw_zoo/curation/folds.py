@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import grain.python as grain
 
+from sw_zoo import run_dir
 from sw_zoo.data.atomic_file import check_output_dir
-from sw_zoo.data.dataset_info import (SELECTED_TAGS_FILENAME, read_dataset_info, split_paths,
+from sw_zoo.data.dataset_info import (SELECTED_TAGS_FILENAME, read_dataset_info, selected_tags_path, split_paths,
                                       write_dataset_info)
 from sw_zoo.data.records import decode_record
 from sw_zoo.data.shard_writer import ShardWriter
@@ -35,7 +36,7 @@ def make_folds(data_dir: str, out_dir: str, *, folds: int, split: str = "train",
   """
   if folds < 2:
     raise ValueError(f"--folds must be at least 2, got {folds}")
-  data_dir = os.path.abspath(data_dir)
+  data_dir = run_dir.absolute(data_dir)
   info = read_dataset_info(data_dir)
   # Only fold-<k> datasets are written (and an interrupted run's are resumed): a folder holding
   # anything else is refused (atomic_file.check_output_dir).
@@ -68,13 +69,15 @@ def make_folds(data_dir: str, out_dir: str, *, folds: int, split: str = "train",
         counts["validation" if held_out else "train"] += 1
         if progress:
           progress(1)
-    shutil.copyfile(os.path.join(data_dir, SELECTED_TAGS_FILENAME),
+    shutil.copyfile(selected_tags_path(data_dir),
                     os.path.join(fold_dir, SELECTED_TAGS_FILENAME))
     write_dataset_info(fold_dir, {
         "schema_version": info["schema_version"], "source": f"fold {k} of {folds} of {data_dir} ({split})",
         "image_size": info["image_size"], "num_labels": info["num_labels"],
-        "splits": {"train": {"num_examples": counts["train"], "shards": train.filenames},
-                   "validation": {"num_examples": counts["validation"], "shards": held.filenames}},
+        "splits": {"train": {"num_examples": counts["train"], "shards": train.filenames,
+                             "shard_examples": train.shard_examples},
+                   "validation": {"num_examples": counts["validation"], "shards": held.filenames,
+                                  "shard_examples": held.shard_examples}},
         "generator": generator})
     made.append(fold_dir)
   return made

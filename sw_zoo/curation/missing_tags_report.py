@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sw_zoo import run_dir
+from sw_zoo import run_dir, storage
 from sw_zoo.curation import label_issues as issues_lib
 from sw_zoo.curation import split_labels
 from sw_zoo.data.atomic_file import atomic_write_csv, atomic_write_text
@@ -19,8 +19,8 @@ from sw_zoo.data.vocab import category_name
 def trained_on(tagger: Any) -> str | None:
   """The data dir the bundle's run trained on, when its config.json can still be found."""
   workdir = (tagger.bundle.config.get("source") or {}).get("workdir")
-  path = os.path.join(workdir, run_dir.CONFIG_FILE) if workdir else None
-  if not path or not os.path.isfile(path):
+  path = storage.join(workdir, run_dir.CONFIG_FILE) if workdir else None
+  if not path or not storage.isfile(path):  # a gs:// run's config is read from the bucket
     return None
   data_dir = (run_dir.read_json(path).get("data") or {}).get("dir")
   # A relative data dir is relative to where the run was started, which is not known here;
@@ -39,7 +39,7 @@ def is_report_dir(path: str) -> bool:
 def refuse_in_sample(tagger: Any, model_name: str, data_dir: str, split: str) -> None:
   """A model's predictions on the split it trained on hide label errors: refuse them."""
   trained = trained_on(tagger)
-  if split == "train" and trained == os.path.abspath(data_dir):
+  if split == "train" and trained == run_dir.absolute(data_dir):
     raise ValueError(f"{model_name} was trained on {trained}'s train split: its predictions there are in-sample "
                      "and hide label errors. Check a held-out split, use cross-validation folds (see --help), "
                      "or pass --allow-in-sample")

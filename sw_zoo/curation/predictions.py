@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sw_zoo import run_dir
 from sw_zoo.curation.split_labels import SplitLabels, record_images
 from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir, replace_dir
 from sw_zoo.data.dataset_info import read_dataset_info
@@ -41,7 +42,7 @@ def predict_split(tagger: Any, data_dir: str, split: str, out_dir: str, *, model
   output = dict(is_own=lambda p: os.path.isfile(os.path.join(p, "meta.json")), what="predictions", force=force,
                 protect=[data_dir])
   check_output_dir(out_dir, **output)  # before the (long) prediction pass
-  data_dir = os.path.abspath(data_dir)
+  data_dir = run_dir.absolute(data_dir)
   n = int(read_dataset_info(data_dir)["splits"][split]["num_examples"])
 
   def fill(tmp: str) -> None:

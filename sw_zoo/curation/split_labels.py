@@ -4,14 +4,14 @@ split's encoded images in the same record order."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain.python as grain
 import numpy as np
 
-from sw_zoo.data.dataset_info import SELECTED_TAGS_FILENAME, read_dataset_info, split_paths
+from sw_zoo import run_dir
+from sw_zoo.data.dataset_info import read_dataset_info, selected_tags_path, split_paths
 from sw_zoo.data.records import decode_record
 from sw_zoo.data.vocab import TagVocab, read_selected_tags
 
@@ -80,11 +80,11 @@ class SplitLabels:
 def read_split_labels(data_dir: str, split: str, *,
                       progress: Callable[[int], None] | None = None) -> SplitLabels:
   """Reads every record's id, source and tags (not the images)."""
-  data_dir = os.path.abspath(data_dir)
+  data_dir = run_dir.absolute(data_dir)
   info = read_dataset_info(data_dir)
   if split not in info["splits"]:
     raise KeyError(f"{data_dir}: no split {split!r}; it has {sorted(info['splits'])}")
-  tags = read_selected_tags(os.path.join(data_dir, SELECTED_TAGS_FILENAME))
+  tags = read_selected_tags(selected_tags_path(data_dir))
   n = int(info["splits"][split]["num_examples"])
   ids = np.zeros(n, np.int64)
   sources: list[str] = []
@@ -118,5 +118,5 @@ def read_split_labels(data_dir: str, split: str, *,
 
 def record_images(data_dir: str, split: str) -> Iterator[tuple[int, str, bytes]]:
   """(id, source, encoded image bytes) of every record of the split, in order."""
-  for record in _records(os.path.abspath(data_dir), split):
+  for record in _records(run_dir.absolute(data_dir), split):
     yield record["id"], record["source"], record["image"]

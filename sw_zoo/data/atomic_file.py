@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from sw_zoo import storage
+
 
 class OutputRefused(FileExistsError):
   """An output directory holds something this command did not make (or its own inputs)."""
@@ -38,7 +40,13 @@ def check_output_dir(out_dir: str | os.PathLike, *, is_own: Callable[[str], bool
 
   `is_own(path)` says whether an existing directory holds `what` (e.g. "a model bundle");
   `protect`: the command's inputs (source folders, the run's workdir), which `out_dir` must not
-  be or contain. Nothing is written here."""
+  be or contain. Nothing is written here (a gs:// `out_dir` is judged on its local mirror, made the
+  bucket's state first)."""
+  if storage.is_remote(out_dir):
+    storage.check_bucket(os.fspath(out_dir))
+    local = storage.pull(os.fspath(out_dir), exact=True)
+    return check_output_dir(local, is_own=is_own, what=what, force=force,
+                            protect=[storage.mirror_path(os.fspath(p)) for p in protect])
   out = os.path.realpath(os.path.expanduser(os.fspath(out_dir)))
   guarded = [(os.fspath(p), "an input of this command") for p in protect]
   guarded += [(os.getcwd(), "the working directory"), (os.path.expanduser("~"), "your home directory")]

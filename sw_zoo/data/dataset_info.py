@@ -21,6 +21,8 @@ import json
 import os
 from typing import Any
 
+from sw_zoo import storage
+from sw_zoo.data import remote_dataset
 from sw_zoo.data.atomic_file import atomic_write_text
 from sw_zoo.data.records import SCHEMA_VERSION
 from sw_zoo.data.vocab import read_selected_tags
@@ -68,6 +70,10 @@ def validate_dataset_info(info: Any, path: str, data_dir: str | None = None) -> 
       _fail(path, f"{key}.shards", "must be a list of file names")
     if num > 0 and not shards:
       _fail(path, f"{key}.shards", f"is empty but num_examples is {num}")
+    counts = split.get("shard_examples")
+    if counts is not None and (not isinstance(counts, list) or len(counts) != len(shards)
+                               or not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != num):
+      _fail(path, f"{key}.shard_examples", f"must list one non-negative count per shard, summing to {num}")
     for shard in shards:
       if os.path.isabs(shard) or ".." in shard.split("/"):
         _fail(path, f"{key}.shards", f"must hold paths relative to the dataset dir, got {shard!r}")
@@ -77,25 +83,62 @@ def validate_dataset_info(info: Any, path: str, data_dir: str | None = None) -> 
 
 
 def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
-  """Reads and validates `<data_dir>/dataset.json` (shards must exist)."""
+  """Reads and validates `<data_dir>/dataset.json` (shards must exist). `data_dir` may be a
+  gs:// URL: its metadata is mirrored locally and the shards are checked in the bucket's listing."""
   data_dir = os.fspath(data_dir)
-  path = os.path.join(data_dir, DATASET_INFO_FILENAME)
+  if storage.is_remote(data_dir):
+    return _read_remote(data_dir)
+  return _read_local(data_dir, data_dir)
+
+
+def _read_local(data_dir: str, shown: str, check_shards: bool = True) -> dict[str, Any]:
+  """Reads `data_dir`'s metadata; messages name `shown` (the URL for a mirrored dataset)."""
+  path, shown_path = os.path.join(data_dir, DATASET_INFO_FILENAME), storage.join(shown, DATASET_INFO_FILENAME)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: {data_dir} is not a complete sw_zoo dataset "
+    raise FileNotFoundError(f"{shown_path} does not exist: {shown} is not a complete sw_zoo dataset "
                             "(dataset.json is written last, so a run may have been interrupted)")
   with open(path, encoding="utf-8") as f:
     try:
       info = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON: {e}") from e
-  validate_dataset_info(info, path, data_dir)
-  tags_path = os.path.join(data_dir, SELECTED_TAGS_FILENAME)
+      raise ValueError(f"{shown_path}: not valid JSON: {e}") from e
+  validate_dataset_info(info, shown_path, data_dir if check_shards else None)
+  tags_path, shown_tags = os.path.join(data_dir, SELECTED_TAGS_FILENAME), storage.join(shown, SELECTED_TAGS_FILENAME)
   if not os.path.isfile(tags_path):
-    raise FileNotFoundError(f"{tags_path} does not exist but {path} refers to it")
+    raise FileNotFoundError(f"{shown_tags} does not exist but {shown_path} refers to it")
   num_tags = len(read_selected_tags(tags_path))
   if num_tags != info["num_labels"]:
-    _fail(path, "num_labels", f"is {info['num_labels']} but {tags_path} has {num_tags} tags")
+    _fail(shown_path, "num_labels", f"is {info['num_labels']} but {shown_tags} has {num_tags} tags")
   return info
+
+
+def _read_remote(url: str) -> dict[str, Any]:
+  storage.check_bucket(url)
+  listing = storage.remote_files(url)
+  info_url = storage.join(url, DATASET_INFO_FILENAME)
+  if DATASET_INFO_FILENAME not in listing:
+    raise FileNotFoundError(f"{info_url} does not exist: {url} is not a complete sw_zoo dataset "
+                            "(dataset.json is written last, so a run may have been interrupted)")
+  wanted = {n: listing[n] for n in (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME) if n in listing}
+  local = storage.pull(url, only=wanted.__contains__, listing=wanted)
+  info = _read_local(local, url, check_shards=False)
+  for name, split in info["splits"].items():
+    for shard in split["shards"]:
+      if shard not in listing:
+        _fail(info_url, f"splits.{name}.shards", f"lists {shard!r} but {storage.join(url, shard)} does not exist")
+  _REMOTE_LISTINGS[url] = listing
+  return info
+
+
+def selected_tags_path(data_dir: str) -> str:
+  """A local path of the dataset's selected_tags.csv (for gs://, its verified mirror copy)."""
+  if not storage.is_remote(data_dir):
+    return os.path.join(data_dir, SELECTED_TAGS_FILENAME)
+  return storage.pull(storage.join(data_dir, SELECTED_TAGS_FILENAME))
+
+
+# The listing read with a remote dataset.json, so staging its shards needs no second listing.
+_REMOTE_LISTINGS: dict[str, dict[str, Any]] = {}
 
 
 def write_dataset_info(data_dir: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
@@ -115,11 +158,19 @@ def write_dataset_info(data_dir: str | os.PathLike, info: dict[str, Any]) -> dic
 
 
 def split_paths(data_dir: str | os.PathLike, split: str,
-                info: dict[str, Any] | None = None) -> list[str]:
-  """Absolute paths of the shards of `split`, in record order."""
-  data_dir = os.path.abspath(os.fspath(data_dir))
+                info: dict[str, Any] | None = None, shards: list[int] | None = None) -> list[str]:
+  """Local paths of the shards of `split` (or of its shards at indices `shards`), in record order.
+  For a gs:// dataset they are staged into the local mirror first (`remote_dataset`)."""
+  data_dir = os.fspath(data_dir)
+  if not storage.is_remote(data_dir):
+    data_dir = os.path.abspath(data_dir)
   info = read_dataset_info(data_dir) if info is None else info
   if split not in info["splits"]:
-    raise KeyError(f"{os.path.join(data_dir, DATASET_INFO_FILENAME)} has no split {split!r}; "
+    raise KeyError(f"{storage.join(data_dir, DATASET_INFO_FILENAME)} has no split {split!r}; "
                    f"it has {sorted(info['splits'])}")
-  return [os.path.join(data_dir, shard) for shard in info["splits"][split]["shards"]]
+  names = info["splits"][split]["shards"]
+  names = names if shards is None else [names[i] for i in shards]
+  if storage.is_remote(data_dir):
+    listing = _REMOTE_LISTINGS.get(data_dir) or storage.remote_files(data_dir)
+    data_dir = remote_dataset.stage_shards(data_dir, names, listing)
+  return [os.path.join(data_dir, shard) for shard in names]

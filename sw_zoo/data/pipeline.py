@@ -3,7 +3,8 @@
 Training: slice -> shuffle per epoch (or repeat-factor sampling, `balance`) -> decode ->
 `augment.make_augmenter(spec)` -> batch. Evaluation: slice -> decode -> `preprocess_eval` -> batch.
 
-Each process reads only its own disjoint slice of a split (`process_slice`), so the host-local
+Each process reads only its own disjoint, contiguous slice of a split (`process_slice`), so the
+host-local
 batches of all processes together form the global batch (assembled on device with
 `jax.make_array_from_process_local_data`). Everything is a deterministic function of
 (seed, process index, position), so the training iterator's `get_state()` is all a checkpoint
@@ -20,29 +21,35 @@ from typing import Any, Iterator
 
 import grain
 import numpy as np
+from absl import flags as absl_flags
 
 from sw_zoo.data import augment as augment_lib
+from sw_zoo import storage
 from sw_zoo.data import balance
+from sw_zoo.data import remote_dataset
 from sw_zoo.data.preprocess import preprocess_eval
 from sw_zoo.data.dataset_info import read_dataset_info, split_paths
 from sw_zoo.data.records import decode_image, decode_record
 
 
-def process_slice(process_index: int, process_count: int) -> slice:
-  """This process's examples: every `process_count`-th one, starting at `process_index`.
+def process_slice(num_examples: int, process_index: int, process_count: int) -> slice:
+  """This process's examples: a contiguous block, block sizes differing by at most one.
 
-  Strided rather than contiguous so each process sees examples from every shard.
+  Contiguous (not strided) so that a host touches only the shards holding its block: on a pod
+  reading gs:// each host stages just those (`data.remote_dataset`), 1/process_count of the data.
+  The global batch is the union of the hosts' batches, so it still mixes the whole split.
   """
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
                      f"{process_count}")
-  return slice(process_index, None, process_count)
+  return slice(num_examples * process_index // process_count,
+               num_examples * (process_index + 1) // process_count)
 
 
 def process_slice_indices(num_examples: int, process_index: int,
                           process_count: int) -> np.ndarray:
   """Global example indices read by one process; disjoint across processes, complete together."""
-  return np.arange(num_examples)[process_slice(process_index, process_count)]
+  return np.arange(num_examples)[process_slice(num_examples, process_index, process_count)]
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -52,15 +59,28 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _open_split(data_dir: str, split: str):
-  """(dataset info, ArrayRecord source over the split's shards), cross-checked."""
+def _open_split(data_dir: str, split: str, process_index: int = 0,
+                process_count: int = 1) -> tuple[dict[str, Any], grain.MapDataset, int]:
+  """(dataset info, this process's examples of the split, the split's size), cross-checked.
+
+  Only the shards holding the process's block are opened (for a gs:// dataset: staged), so the
+  source spans a window of the split starting at global example `first`.
+  """
   info = read_dataset_info(data_dir)
-  source = grain.sources.ArrayRecordDataSource(split_paths(data_dir, split, info))
-  expected = info["splits"][split]["num_examples"]
+  if split not in info["splits"]:
+    split_paths(data_dir, split, info)  # raises the KeyError naming the splits there are
+  split_info = info["splits"][split]
+  total = split_info["num_examples"]
+  block = process_slice(total, process_index, process_count)
+  shards, first = remote_dataset.block_shards(split_info, block.start, block.stop)
+  source = grain.sources.ArrayRecordDataSource(split_paths(data_dir, split, info, shards))
+  counts = split_info.get("shard_examples")
+  expected = total if counts is None else sum(counts[i] for i in shards)
   if len(source) != expected:
-    raise ValueError(f"{os.path.join(data_dir, 'dataset.json')}: splits.{split}.num_examples is "
-                     f"{expected} but its shards hold {len(source)} records")
-  return info, source
+    raise ValueError(f"{storage.join(data_dir, 'dataset.json')}: splits.{split} says its shards hold "
+                     f"{expected} records here but they hold {len(source)}")
+  local = grain.MapDataset.source(source)[block.start - first:block.stop - first]
+  return info, local, total
 
 
 def _labels_multi_hot(record: dict[str, Any], num_labels: int) -> np.ndarray:
@@ -104,6 +124,28 @@ def _decode_augmented(raw: bytes, rng: np.random.Generator, *, num_labels: int,
   return {"image": image, "labels": labels}
 
 
+class _Augmenter:
+  """`augment.make_augmenter(spec, image_size)` that pickles as its arguments.
+
+  The augmenter is a closure, which plain pickle cannot ship to a worker process (cloudpickle,
+  which grain uses, would ship its bytecode and captured cells); this wrapper makes each worker
+  rebuild it from the spec instead, so the training dataset pickles with either.
+  """
+
+  def __init__(self, spec: Mapping[str, Any] | None, image_size: int):
+    self._args = (spec, image_size)
+    self._fn = augment_lib.make_augmenter(spec, image_size)  # Validates the spec, here and now.
+
+  def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return self._fn(image, rng)
+
+  def __getstate__(self):
+    return self._args
+
+  def __setstate__(self, args):
+    self.__init__(*args)
+
+
 def _training_view(example: dict[str, Any]) -> dict[str, Any]:
   # Only what the train step consumes; ids would just be shipped to devices for nothing.
   return {"image": example["image"], "labels": example["labels"]}
@@ -118,14 +160,13 @@ def read_split_labels(data_dir: str | os.PathLike, split: str = "train", *,
                       num_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
   """Tag indices of this process's examples of `split`, in CSR form `(offsets, indices)`.
 
-  Example k of the process slice (global example `process_index + k * process_count`) carries
+  Example k of the process slice (global example `process_slice(n, ...).start + k`) carries
   `indices[offsets[k]:offsets[k + 1]]`. One streaming pass over the slice's records (images are
   read but not decoded); memory is ~4 bytes per label. `np.bincount(indices,
   minlength=num_labels)` over process_count=1 gives exact per-tag counts for
   `balance.tag_loss_weights`.
   """
-  _, source = _open_split(os.fspath(data_dir), split)
-  local = grain.MapDataset.source(source)[process_slice(process_index, process_count)]
+  _, local, _ = _open_split(os.fspath(data_dir), split, process_index, process_count)
   labels = local.map(_record_labels).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=64))
   return balance.labels_to_csr(list(labels))
@@ -141,7 +182,8 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
                        augment_spec: Mapping[str, Any] | None = None,
                        repeat_factor_threshold: float | None = None,
                        repeat_factor_normalize: bool = False, fast_decode: bool = False,
-                       num_threads: int = 2, prefetch_batches: int = 4) -> grain.IterDataset:
+                       num_threads: int = 2, prefetch_batches: int = 4,
+                       num_workers: int = 0) -> grain.IterDataset:
   """Infinite, shuffled (reshuffled every epoch), augmented training batches for one process.
 
   Yields {'image': uint8 [B, S, S, 3], 'labels': float32 [B, num_labels]} with
@@ -162,17 +204,27 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
     fast_decode: decode augmented training JPEGs with libjpeg-turbo's fast IDCT and chroma
       upsampling (`records.decode_image(fast=True)`, ~10% less decode time, pixels a few levels
       off). Ignored when `augment` is False, which always decodes exactly as evaluation does.
+    num_threads: grain reader threads (per worker process when `num_workers` > 0). Each thread
+      reads, decodes, augments and stacks whole batches; `prefetch_batches` are kept in flight.
+    num_workers: 0 reads in this process with `num_threads` threads. N > 0 runs the same reader
+      in N spawned worker processes (`_WorkerBatches`): decoding is no longer bound by this
+      process's GIL, at the cost of N readers' read-ahead (N x prefetch_batches batches, plus a
+      few per worker in transit through /dev/shm) and a few seconds of start-up. The batches,
+      and the iterator state, are the same for every N.
   """
+  if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) \
+      or num_workers < 0:
+    raise ValueError(f"num_workers (config.data.num_workers) must be an int >= 0, got "
+                     f"{num_workers!r}")
   data_dir = os.fspath(data_dir)
   batch_size = _local_batch_size(global_batch_size, process_count)
-  info, source = _open_split(data_dir, split)
+  info, local, _ = _open_split(data_dir, split, process_index, process_count)
   # Built (so validated) even when disabled: a typo in a config fails now, not when enabled.
-  augmenter = augment_lib.make_augmenter(augment_spec, image_size)
+  augmenter = _Augmenter(augment_spec, image_size)
   # Separate streams for order and augmentation, different per process, derived so that adding a
   # transformation later does not silently change either.
   shuffle_seed, augment_seed = np.random.SeedSequence([seed, process_index]).generate_state(2)
 
-  local = grain.MapDataset.source(source)[process_slice(process_index, process_count)]
   if len(local) == 0:
     raise ValueError(f"split {split!r} of {data_dir} has no examples for process "
                      f"{process_index} of {process_count}")
@@ -198,8 +250,104 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
                                          augmenter=augmenter, fast_decode=fast_decode),
                        seed=int(augment_seed))
   ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_batches))
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+  if num_workers == 0:
+    return ds.to_iter_dataset(read_options)
+  return _WorkerBatches(ds, read_options, num_workers=int(num_workers))
+
+
+class _WorkerBatches(grain.IterDataset):
+  """Batch k of `batches`, in order, read by `num_workers` grain worker processes.
+
+  Each worker runs `batches.to_iter_dataset(read_options)` on every `num_workers`-th batch
+  (`IterDataset.mp_prefetch` slices the batched MapDataset), and grain interleaves them back in
+  order; since every batch is a function of its index alone (shuffle, repeat-factor sampling and
+  the per-example augmentation seed all are), the stream equals the in-process reader's.
+
+  The iterator's state is `{'next_index': k}`, the in-process reader's format, rather than
+  grain's per-worker interleave state: a checkpoint resumes exactly with any `num_workers`
+  (0 included), so the worker count can follow the host rather than the run.
+  """
+
+  def __init__(self, batches: grain.MapDataset, read_options: grain.ReadOptions, *,
+               num_workers: int):
+    super().__init__(batches)
+    self._batches = batches
+    self._read_options = read_options
+    self._num_workers = num_workers
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _WorkerBatchIterator(self._batches, self._read_options, self._num_workers)
+
+  def __str__(self) -> str:
+    return f"_WorkerBatches(num_workers={self._num_workers})"
+
+
+def _allow_grain_workers() -> None:
+  # grain's worker processes read their settings from absl flags, and reading an unparsed flag
+  # raises. A library user (a notebook, pytest, a benchmark) may never parse absl flags; marking
+  # them parsed keeps every default. Apps that parse argv (`sw-zoo train`) have done so already.
+  if not absl_flags.FLAGS.is_parsed():
+    absl_flags.FLAGS.mark_as_parsed()
+
+
+class _WorkerBatchIterator(grain.DatasetIterator):
+  """Counts the batches it hands out; `set_state` restarts the workers at `batches[k:]`."""
+
+  def __init__(self, batches: grain.MapDataset, read_options: grain.ReadOptions,
+               num_workers: int):
+    super().__init__()
+    self._batches = batches
+    self._read_options = read_options
+    self._num_workers = num_workers
+    self._next_index = 0
+    self._workers: grain.DatasetIterator | None = None  # Started lazily: by next or prefetch.
+
+  def _start(self) -> grain.DatasetIterator:
+    if self._workers is None:
+      _allow_grain_workers()
+      # The workers' processes are spawned (not forked, so safe beside JAX's threads) and get
+      # the pipeline by pickle; the queue from each holds one finished batch.
+      remaining = self._batches[self._next_index:].to_iter_dataset(self._read_options)
+      self._workers = iter(remaining.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self._num_workers, per_worker_buffer_size=1)))
+    return self._workers
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._assert_not_closed()
+    batch = next(self._start())
+    self._next_index += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"next_index": self._next_index}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    next_index = state["next_index"]
+    if isinstance(next_index, bool) or not isinstance(next_index, (int, np.integer)) \
+        or next_index < 0:
+      raise ValueError(f"training iterator state {state!r}: next_index must be an int >= 0")
+    # Workers hold batches read ahead from the old position: stop them; the next batch (or
+    # start_prefetch) starts new ones from the restored position.
+    self._stop_workers()
+    self._next_index = int(next_index)
+
+  def start_prefetch(self) -> None:
+    # Called after a checkpoint restore: worker start-up overlaps with restoring the model.
+    self._assert_not_closed()
+    self._start().start_prefetch()
+
+  def _stop_workers(self) -> None:
+    if self._workers is not None:
+      self._workers.close()
+      self._workers = None
+
+  def close(self) -> None:
+    self._stop_workers()
+    super().close()
+
+  def __str__(self) -> str:
+    return f"_WorkerBatchIterator(num_workers={self._num_workers}, next_index={self._next_index})"
 
 
 def _eval_example(index: int, *, local: grain.MapDataset, num_labels: int,
@@ -227,10 +375,9 @@ class EvalDataset:
                prefetch_batches: int):
     data_dir = os.fspath(data_dir)
     self.batch_size = _local_batch_size(global_batch_size, process_count)
-    info, source = _open_split(data_dir, split)
-    local = grain.MapDataset.source(source)[process_slice(process_index, process_count)]
+    info, local, total = _open_split(data_dir, split, process_index, process_count)
     self.num_examples = len(local)  # Real examples of this process.
-    largest_slice = math.ceil(len(source) / process_count)
+    largest_slice = math.ceil(total / process_count)
     self.num_batches = math.ceil(largest_slice / self.batch_size)
     ds = grain.MapDataset.range(self.num_batches * self.batch_size).map(
         functools.partial(_eval_example, local=local, num_labels=info["num_labels"],

@@ -84,6 +84,13 @@ class ShardWriter:
       self._writer.close()
       self._writer = None
 
+  @property
+  def shard_examples(self) -> list[int]:
+    """Records per shard file, in order (dataset.json's `shard_examples`): every shard but the
+    last is full."""
+    full, rest = divmod(self.num_records, self.shard_size)
+    return [self.shard_size] * full + ([rest] if rest else [])
+
   def close(self) -> list[str]:
     """Finishes the last shard and renames all shards to their final names."""
     if self._closed:

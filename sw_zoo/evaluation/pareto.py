@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any
 
-from sw_zoo import run_dir
+from sw_zoo import run_dir, storage
 
 THROUGHPUT_KEYS = {"eval": "eval_images_per_s", "train": "train_images_per_s"}
 SUMMARY = run_dir.EVAL_SUMMARY_FILE
@@ -30,13 +30,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 def read_run(path: str, split: str) -> tuple[str, dict[str, Any], list[str]]:
   """(run name, merged summary, files read) for a workdir, an eval directory or a summary file."""
-  path = os.path.abspath(path)
-  if os.path.isfile(path):
+  path = run_dir.absolute(path)
+  if storage.isfile(path):
     files = [path]
     path = os.path.dirname(path)
-  else:
-    files = [f for f in (os.path.join(path, SUMMARY), os.path.join(path, f"eval_{split}", SUMMARY))
-             if os.path.isfile(f)]
+  else:  # a local or gs:// run
+    files = [f for f in (storage.join(path, SUMMARY), storage.join(path, f"eval_{split}", SUMMARY))
+             if storage.isfile(f)]
   if not files:
     raise FileNotFoundError(f"{path}: no {SUMMARY} (train the run, or run `sw-zoo eval {path}`)")
   merged: dict[str, Any] = {}

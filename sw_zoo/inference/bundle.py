@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from flax import serialization, traverse_util
 
+from sw_zoo import storage
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.data.atomic_file import replace_dir
 from sw_zoo.data.preprocess import PAD_VALUE
@@ -178,7 +179,15 @@ def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec:
       _write_bytes(os.path.join(tmp, name), data)
     _write_bytes(os.path.join(tmp, CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
 
-  return replace_dir(os.fspath(out_dir), fill, is_own=is_bundle, what="a model bundle", force=force, protect=protect)
+  out_dir = os.fspath(out_dir)
+  if not storage.is_remote(out_dir):
+    return replace_dir(out_dir, fill, is_own=is_bundle, what="a model bundle", force=force, protect=protect)
+  # gs://: built in the local mirror (made the bucket's state first, so the same ownership rule
+  # holds), then uploaded with config.json last: without it the prefix is no bundle to readers.
+  with storage.output_dir(out_dir, last=[CONFIG_FILE], owned=lambda rel: True) as local:
+    replace_dir(local, fill, is_own=is_bundle, what="a model bundle", force=force,
+                protect=[storage.mirror_path(p) for p in protect])
+  return out_dir
 
 
 def jax_free_tree(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,7 +208,13 @@ def _version() -> str:
 def is_bundle(path: str | os.PathLike) -> bool:
   """Whether `path` is a directory whose config.json declares the bundle format (a training
   run's config.json, also in its workdir, does not)."""
-  config_path = os.path.join(os.fspath(path), CONFIG_FILE)
+  path = os.fspath(path)
+  if storage.is_remote(path):
+    url = storage.join(path, CONFIG_FILE)
+    if not storage.isfile(url):
+      return False
+    path = os.path.dirname(storage.pull(url))
+  config_path = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(config_path):
     return False
   try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sw_zoo import run_dir
+from sw_zoo import run_dir, storage
 from sw_zoo.data import dataset_info
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.inference import bundle as bundle_lib
@@ -41,6 +41,12 @@ class ModelSource:
   step: int | None = None
   step_given: bool = False  # the path named one checkpoint step (not "the latest")
   train_summary: dict[str, Any] | None = None  # the run's own eval_summary.json
+  origin: str | None = None  # the gs:// URL `root` mirrors (outputs that default to `root` go there)
+
+  @property
+  def home(self) -> str:
+    """Where outputs that default to the source's own directory go: the URL for a remote source."""
+    return self.origin or self.root
 
   def nested_params(self) -> dict[str, Any]:
     from flax import traverse_util
@@ -95,11 +101,30 @@ def head_outputs(params: dict[tuple[str, ...], np.ndarray], described: str) -> i
 def load(path: str, *, use_ema: bool = True) -> ModelSource:
   """Resolves `path` (see the module docstring); errors name the path and what was expected."""
   path = run_dir.absolute(path)
+  if storage.is_remote(path):
+    return _load_remote(path.rstrip("/"), use_ema=use_ema)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no such directory (expected {EXPECTED})")
   if bundle_lib.is_bundle(path):
     return _load_bundle(path)
   return _load_checkpoint(path, use_ema=use_ema)
+
+
+def _load_remote(url: str, *, use_ema: bool) -> ModelSource:
+  """A gs:// bundle or run, read from its local mirror; `origin` keeps the URL for outputs."""
+  storage.check_bucket(url)
+  if bundle_lib.is_bundle(url):
+    source = _load_bundle(storage.pull(url, exact=True))
+  else:
+    if not storage.isdir(url):
+      raise FileNotFoundError(f"{url}: not found (expected {EXPECTED})")
+    try:
+      source = _load_checkpoint(run_dir.localize_run(url), use_ema=use_ema)
+    except run_dir.RunError:
+      raise run_dir.RunError(f"{url}: no finished checkpoint and no bundle there (expected {EXPECTED})") from None
+    source.provenance["workdir"] = storage.url_of(source.root) or source.root
+  source.origin = storage.url_of(source.root)
+  return source
 
 
 def _load_bundle(path: str) -> ModelSource:

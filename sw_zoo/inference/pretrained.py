@@ -33,6 +33,7 @@ import urllib.request
 import zipfile
 from typing import Any
 
+from sw_zoo import storage
 from sw_zoo.inference import bundle as bundle_lib
 
 REGISTRY: dict[str, dict[str, Any]] = {}
@@ -67,6 +68,8 @@ def resolve(name_or_path: str | os.PathLike, *, cache_dir: str | None = None, of
   """The local bundle directory for a path (a bundle, or a run's workdir holding `bundle/`) or a
   registered name (downloading it if needed)."""
   text = os.fspath(name_or_path)
+  if storage.is_remote(text):
+    return _resolve_remote(text.rstrip("/"))
   local = os.path.abspath(os.path.expanduser(text))
   if os.path.isdir(local):
     # A training run's workdir stands for the bundle the trainer wrote into it.
@@ -90,6 +93,16 @@ def resolve(name_or_path: str | os.PathLike, *, cache_dir: str | None = None, of
         "directory over, or pass the path of an unpacked bundle instead")
   _download_into(text, entry, target)
   return target
+
+
+def _resolve_remote(url: str) -> str:
+  """A gs:// bundle (or a run's workdir holding bundle/) mirrored locally, each file verified."""
+  storage.check_bucket(url)
+  for candidate in (url, storage.join(url, "bundle")):
+    if bundle_lib.is_bundle(candidate):
+      return storage.pull(candidate, exact=True)
+  raise FileNotFoundError(f"{url}: no bundle there (no config.json with format {bundle_lib.FORMAT!r}, "
+                          "nor a run's bundle/)")
 
 
 def _fetch(url: str, dest_dir: str) -> tuple[str, str]:

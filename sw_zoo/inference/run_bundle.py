@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sw_zoo import run_dir
+from sw_zoo import run_dir, storage
 from sw_zoo.data.atomic_file import check_output_dir
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.inference import bundle as bundle_lib
@@ -23,14 +23,12 @@ def write_run_bundle(workdir: str, params: Any, config: Any, tags: vocab_lib.Tag
   """Writes `<workdir>/bundle` from a finished run's eval params; returns its path on process 0.
 
   Collective: every process calls it (the params may be sharded across hosts and are gathered
-  first); process 0 writes. Workdirs on object stores (gs://...) are skipped, as renames there
-  are not atomic: export from a local copy of the checkpoint instead.
+  first); process 0 writes. A gs:// workdir gets its bundle uploaded with config.json last
+  (`bundle.write_bundle`), so readers never see half a bundle.
   """
   import jax
   from jax.experimental import multihost_utils
 
-  if not run_dir.is_local(workdir):
-    return None
   host = multihost_utils.process_allgather(params, tiled=True) if jax.process_count() > 1 else jax.device_get(params)
   if jax.process_index() != 0:
     return None
@@ -60,18 +58,18 @@ def export(source_path: str, out: str | None = None, *, onnx: bool = False, use_
   `<workdir>/bundle`, or the bundle itself when adding model.onnx or a threshold)."""
   source = model_source.load(source_path, use_ema=use_ema)
   if source.kind == "bundle":
-    out = run_dir.absolute(out) if out else source.root
-    if out == source.root and not onnx and threshold is None:
+    out = run_dir.absolute(out) if out else source.home
+    if out == source.home and not onnx and threshold is None:
       raise NothingToDo("nothing to do (the source is already a bundle; add --onnx or --out)")
     thresholds = source.thresholds
   else:
-    out = run_dir.absolute(out) if out else run_dir.bundle_dir(source.root)
+    out = run_dir.absolute(out) if out else storage.join(source.home, run_dir.BUNDLE_DIR)
     existing = source.same_weights(out)  # thresholds `sw-zoo eval` tuned for these weights are kept
     thresholds = (existing or {}).get("thresholds") or source.thresholds
   if threshold is not None:
     thresholds = bundle_lib.threshold_config(threshold)
   # The source is never replaced: a run's workdir never, another bundle unless it is updated in place.
-  protect = [] if source.kind == "bundle" and out == source.root else [source.root]
+  protect = [] if source.kind == "bundle" and out == source.home else [source.root]
   check_output_dir(out, is_own=bundle_lib.is_bundle, what="a model bundle", force=force, protect=protect)
   tags = source.find_tags(tags_path)
   params = source.nested_params()

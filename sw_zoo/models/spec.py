@@ -44,6 +44,27 @@ def spec_from_run_config(config: Mapping[str, Any], num_tags: int) -> ModelSpec:
                    attn=None if attn in (None, "none") else attn, dtype=str(model.get("dtype") or "float32"))
 
 
+def training_options(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The `ModelSpec.create(**training_options)` of a training config: how the model trains
+  (drop path, rematerialisation), never what it computes, so they stay out of ModelSpec and
+  bundles (eval and export build the same network without them)."""
+  model = config["model"]
+  return {"drop_path_rate": float(model.get("drop_path_rate", 0.0)), "remat": bool(model.get("remat", False))}
+
+
+# XLA:CPU expands optimization barriers early in its pipeline and CSE then merges the recomputed
+# forward pass back into the saved one, so `remat` changes nothing on CPU (measured: temp memory
+# identical, or higher). Disabling that pass keeps the barriers, and the recomputation, as
+# XLA:GPU/TPU do (they expand the barriers only after scheduling). Passed at compile time.
+CPU_REMAT_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
+
+def remat_compiler_options(remat: bool, platform: str) -> dict[str, str]:
+  """XLA options a step using a `remat=True` model compiles with on `platform`, so the
+  rematerialisation survives compilation."""
+  return dict(CPU_REMAT_COMPILER_OPTIONS) if remat and platform == "cpu" else {}
+
+
 def param_shapes(spec: ModelSpec, image_size: int = 64) -> dict[str, tuple[tuple[int, ...], str]]:
   """{'a/b/kernel': (shape, dtype)} of the params `spec` builds, without computing anything."""
   import jax

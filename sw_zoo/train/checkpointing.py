@@ -11,6 +11,7 @@ resumes with the process count it was saved with (each process's data iterator i
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -64,15 +65,31 @@ class Checkpointer:
     (validation scores at this step) rank the checkpoint for keep-best."""
     if not force and step % self.every_steps:
       return False
-    if step in self.manager.all_steps():
-      # Already saved: a stop agreed right after a periodic save asks again for the same step,
-      # which Orbax would refuse with StepAlreadyExistsError.
-      return False
-    return self.manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(data_iterator)),
-        metrics=dict(metrics) if metrics else None, force=True)
+    with self._failures(step):
+      if step in self.manager.all_steps():
+        # Already saved: a stop agreed right after a periodic save asks again for the same step,
+        # which Orbax would refuse with StepAlreadyExistsError.
+        return False
+      return self.manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=grain.checkpoint.CheckpointSave(data_iterator)),
+          metrics=dict(metrics) if metrics else None, force=True)
+
+  @contextlib.contextmanager
+  def _failures(self, step: int | None):
+    """A failed write (a store gone away mid-save: an async save's error surfaces at the next
+    save or wait) becomes one error naming the checkpoint directory. The step being written is
+    never committed (Orbax marks a step complete last), so the previous one still restores."""
+    try:
+      yield
+    except (KeyboardInterrupt, SystemExit, ValueError):
+      raise
+    except Exception as e:
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      which = f"step {step}" if step is not None else "the last checkpoint"
+      raise OSError(f"{self.directory}: writing {which} failed ({type(e).__name__}: {first}); the step is not "
+                    "committed, so rerunning resumes from the previous complete checkpoint") from e
 
   def best_step(self) -> int | None:
     """The kept step with the highest `best_metric` (None when no kept checkpoint has one)."""
@@ -113,7 +130,8 @@ class Checkpointer:
     return run_dir.read_state_arrays(os.path.join(self.directory, str(step)))
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._failures(None):
+      self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()

@@ -68,11 +68,14 @@ def validate(config: Any) -> None:
   check("data.image_size", lambda v: isinstance(v, int) and v >= 32, "an int >= 32")
   check("data.num_threads", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
   check("data.prefetch", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+  check("data.num_workers", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an int >= 0 (0: reader threads only)")
   check("model.name", lambda v: v in list_models(), f"one of {list_models()}")
   check("model.act", lambda v: v in ACTIVATIONS, f"one of {sorted(ACTIVATIONS)}")
   check("model.attn", lambda v: v in ATTENTION, f"one of {ATTENTION}")
   check("model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}")
   check("model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)")
+  check("model.remat", lambda v: isinstance(v, bool), "True or False")
   check("loss.name", lambda v: v in LOSS_NAMES, f"one of {LOSS_NAMES}")
   check("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
   check("loss.asl_gamma_neg", lambda v: v >= 0, "a number >= 0")
@@ -124,6 +127,10 @@ def validate(config: Any) -> None:
   check("checkpoint.every_steps", positive_int, "a positive int")
   check("checkpoint.max_to_keep", positive_int, "a positive int")
   check("wandb.mode", lambda v: v in WANDB_MODES, f"one of {WANDB_MODES}")
+  check("profile.steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: no profile)")
+  check("profile.skip_steps", lambda v: isinstance(v, int) and v >= 0,
+        "an int >= 0 (steps run before the trace starts; the first one compiles)")
+  check("profile.all_processes", lambda v: isinstance(v, bool), "True or False")
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from typing import Any
 
 import jax
@@ -20,14 +19,14 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sw_zoo import run_dir, sharding
+from sw_zoo import run_dir, storage, sharding
 from sw_zoo.data import balance, dataset_info, mixing, pipeline, vocab
 from sw_zoo.evaluation import metrics
 from sw_zoo.evaluation.evaluator import Evaluator
 from sw_zoo.inference import run_bundle
 from sw_zoo.models import abstract_params
-from sw_zoo.models.spec import spec_from_run_config
-from sw_zoo.train import config_check, losses, optimizer, steps, throughput, warm_start
+from sw_zoo.models.spec import remat_compiler_options, spec_from_run_config, training_options
+from sw_zoo.train import config_check, losses, optimizer, profiling, steps, throughput, warm_start
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
 from sw_zoo.train.periodic import itstime
 from sw_zoo.train.preemption import StopRequest
@@ -42,7 +41,8 @@ def log(msg: str) -> None:
 def dataset_dir(config: Any) -> str:
   """config.data.dir as an absolute path (or URL), checked to hold a complete dataset."""
   data_dir = run_dir.absolute(config.data.dir)
-  if not (epath.Path(data_dir) / dataset_info.DATASET_INFO_FILENAME).exists():
+  storage.check_bucket(data_dir)
+  if not storage.exists(storage.join(data_dir, dataset_info.DATASET_INFO_FILENAME)):
     raise FileNotFoundError(
         f"config.data.dir={config.data.dir!r}: no {dataset_info.DATASET_INFO_FILENAME} in {data_dir} (not a "
         "complete dataset). Prepare one with `sw-zoo prepare`, or set config.data.synthetic.enabled=True "
@@ -64,7 +64,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   data_dir = dataset_dir(config)
   info = dataset_info.read_dataset_info(data_dir)
-  tags = vocab.read_selected_tags(os.path.join(data_dir, dataset_info.SELECTED_TAGS_FILENAME))
+  tags = vocab.read_selected_tags(dataset_info.selected_tags_path(data_dir))
   num_train = info["splits"]["train"]["num_examples"]
   steps_per_epoch = max(1, num_train // config.batch_size)
   total_steps = _steps_from(config.total_epochs, config.total_steps, steps_per_epoch)
@@ -75,7 +75,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       f"{num_train} train images, {len(tags)} tags; {total_steps} steps of {config.batch_size} "
       f"({total_steps / steps_per_epoch:.1f} epochs)")
 
-  model = spec_from_run_config(config, len(tags)).create(drop_path_rate=config.model.drop_path_rate)
+  model = spec_from_run_config(config, len(tags)).create(**training_options(config))
   schedule = optimizer.make_schedule(config.optim, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze)
 
@@ -92,8 +92,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       seed=config.seed, process_index=jax.process_index(), process_count=n_proc,
       augment=config.data.augment, augment_spec=config.data.augment_spec.to_dict(),
       repeat_factor_threshold=config.data.repeat_factor_threshold or None,
-      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch)
+      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch,
+      num_workers=config.data.num_workers)
   train_iter = iter(train_ds)
+  storage.check_bucket(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
   ckpt = Checkpointer(workdir, every_steps=config.checkpoint.every_steps,
                       max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
@@ -102,7 +104,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     # Written only once the state exists: a refused resume leaves the run's config as it was.
     # eval / export rebuild the model from it.
-    (epath.Path(workdir) / run_dir.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+    storage.write_text(storage.join(workdir, run_dir.CONFIG_FILE), config.to_json_best_effort(indent=2))
 
   # ---- Compiled step and the shared evaluator ------------------------------------------------
   train_fn = _jitted_train_step(config, model, tx, schedule, tags, num_train, mesh, state_sh)
@@ -128,19 +130,24 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   stop = StopRequest()
   step = int(jax.device_get(state.step))
   timer = throughput.StepTimer(config.batch_size, first_step=step)
+  profiler = profiling.StepProfiler(config.profile, workdir, first_step=step, pause=timer.paused)
   pending: list[dict[str, jax.Array]] = []
   try:
     while step < total_steps and not stop.should_stop(step):
-      batch = sharding.global_batch(next(train_iter), mesh)
-      if step_fn is None:
-        # Lowered once by hand: the same compiled executable runs every step, and its
-        # unpartitioned HLO gives the FLOPs per step for MFU.
-        lowered = train_fn.lower(state, batch)
-        step_flops = throughput.lowered_flops(lowered)
-        step_fn = lowered.compile()
-      state, stats = step_fn(state, batch)
+      with profiler.step(step):
+        with timer.waiting_for_input():
+          batch = sharding.global_batch(next(train_iter), mesh)
+        if step_fn is None:
+          # Lowered once by hand: the same compiled executable runs every step, and its
+          # unpartitioned HLO gives the FLOPs per step for MFU.
+          lowered = train_fn.lower(state, batch)
+          step_flops = throughput.lowered_flops(lowered)
+          step_fn = lowered.compile(
+              compiler_options=remat_compiler_options(config.model.remat, jax.devices()[0].platform))
+        state, stats = step_fn(state, batch)
       step += 1
       timer.step()
+      profiler.step_done(step, state)
       pending.append(stats)
       if itstime(step, config.log_every_steps, total_steps):
         _log_window(step, total_steps, jax.device_get(pending), timer, writer, step_flops, n_dev, peak)
@@ -148,13 +155,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       # The final step is evaluated (and saved, ranked by that evaluation) after the loop.
       val = None
       if itstime(step, eval_every, total_steps, last=False) and stop.signal_name is None:
-        val = validate(step)
+        with timer.paused():  # eval time is not training throughput
+          val = validate(step)
         log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
-        timer.restart_window()  # eval time is not training throughput
       # Evaluated steps are saved with their F1 when keeping the best checkpoints.
       if itstime(step, config.checkpoint.every_steps, total_steps, last=False) or (
           val is not None and config.checkpoint.keep_best > 0):
         ckpt.save(step, state, train_iter, metrics=val, force=True)
+    profiler.close(step, state)  # a run shorter than the profile window still gets its trace, without the eval
     if step < total_steps:
       ckpt.save(step, state, train_iter, force=True)
       ckpt.wait()
@@ -168,11 +176,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     result = {"step": step, "interrupted": False, "threshold": config.eval.threshold, **val}
     if timer.run_images_per_s() is not None:
       result["train_images_per_s"] = timer.run_images_per_s()
+      result["train_input_wait"] = timer.run_input_wait()
     skipped = int(jax.device_get(state.skipped_steps))
     if skipped:
       result["skipped_steps"] = skipped
     if jax.process_index() == 0:
-      (epath.Path(workdir) / run_dir.EVAL_SUMMARY_FILE).write_text(json.dumps(result, indent=2))
+      storage.write_text(storage.join(workdir, run_dir.EVAL_SUMMARY_FILE), json.dumps(result, indent=2))
     # The run's usable artefact: <workdir>/bundle (load_pretrained, sw-zoo tag / export).
     bundle_dir = run_bundle.write_run_bundle(workdir, state.eval_params(), config, tags, step=step)
     if bundle_dir:
@@ -181,10 +190,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         f"P {val['micro_precision']:.4f}  R {val['micro_recall']:.4f} at threshold {config.eval.threshold}")
     return result
   finally:
+    profiler.close(step)  # after an error too: the trace up to it may show why
     stop.restore()
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    train_iter.close()  # stops grain's worker processes (data.num_workers > 0) now, not at exit
+    try:
+      ckpt.wait()  # a failed async save is reported here, naming the checkpoint directory
+    finally:
+      ckpt.close()
+      writer.close()
 
 
 def _restore_or_init(config: Any, ckpt: Checkpointer, train_iter: Any, init_fn: Any, abstract_state: Any,
@@ -235,20 +248,22 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
 
 def _log_window(step: int, total_steps: int, fetched: list[dict[str, Any]], timer: throughput.StepTimer,
                 writer: MetricWriter, step_flops: float | None, n_dev: int, peak: float | None) -> None:
-  """Means of the window's step stats (fetched in one host sync), throughput and MFU: logged,
-  written to metrics.jsonl / W&B."""
-  images_per_s, steps_per_s = timer.close_window(step)
+  """Means of the window's step stats (fetched in one host sync), throughput, input wait (share
+  of the window's time spent waiting for batches) and MFU: logged, written to metrics.jsonl / W&B."""
+  window = timer.close_window(step)
   scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[-1]}
   scalars["lr"] = float(fetched[-1]["lr"])
   scalars["skipped_steps"] = float(fetched[-1]["skipped_steps"])
-  scalars["images_per_s"] = images_per_s
-  scalars.update(throughput.utilisation(step_flops, steps_per_s, n_dev, peak))
+  scalars["images_per_s"] = window.images_per_s
+  scalars["input_wait"] = window.input_wait
+  scalars.update(throughput.utilisation(step_flops, window.steps_per_s, n_dev, peak))
   writer.write(step, scalars, prefix="train/")
   extra = f"  MFU {scalars['mfu']:.2%}" if "mfu" in scalars else ""
   if scalars["skipped_steps"]:
     extra += f"  skipped {int(scalars['skipped_steps'])} non-finite steps"
   log(f"step {step:6d}/{total_steps}  loss {scalars['loss']:.4f}  lr {scalars['lr']:.2e}  "
-      f"grad_norm {scalars['grad_norm']:.3f}  {images_per_s:.1f} img/s{extra}")
+      f"grad_norm {scalars['grad_norm']:.3f}  {window.images_per_s:.1f} img/s  "
+      f"input wait {window.input_wait:.0%}{extra}")
 
 
 def _count(tree: Any) -> int:

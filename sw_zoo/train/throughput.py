@@ -1,4 +1,5 @@
-"""FLOPs per train step (from XLA's cost analysis) and model FLOP utilisation (MFU).
+"""FLOPs per train step (from XLA's cost analysis), model FLOP utilisation (MFU), and the step
+timer (images/s and the share of time spent waiting for input, per log window).
 
 MFU = achieved FLOP/s / (devices x peak FLOP/s of one device). The peak is the dense bf16
 figure from the vendors' spec sheets (the convention of the PaLM paper and MaxText), so an f32
@@ -7,8 +8,10 @@ get no MFU unless `config.peak_flops_per_device` supplies one.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 
@@ -62,32 +65,69 @@ def utilisation(step_flops: float | None, steps_per_s: float, num_devices: int,
   return out
 
 
-class StepTimer:
-  """Training throughput bookkeeping: images/s per log window, and over the whole run with the
-  first window (compilation) and evaluation time left out."""
+class Window(NamedTuple):
+  """One log window's throughput. `input_wait`: the share of its wall time the host spent waiting
+  for the next batch (`next()` on the input iterator plus assembling the global batch on the
+  devices). While the devices still have queued steps that wait overlaps their compute, so it
+  is an upper bound on the time the devices sat idle for lack of input; near 0 means the input
+  pipeline keeps up, near 1 means it is the bottleneck."""
+  images_per_s: float
+  steps_per_s: float
+  input_wait: float
 
-  def __init__(self, batch_size: int, first_step: int):
+
+class StepTimer:
+  """Training throughput bookkeeping: images/s, steps/s and input wait per log window, and over
+  the whole run with the first window (compilation) and paused time (evaluation, writing a
+  profile) left out."""
+
+  def __init__(self, batch_size: int, first_step: int, clock: Callable[[], float] = time.perf_counter):
     self.batch_size = batch_size
     self.first_step = first_step
-    self.window_start, self.window_steps = time.perf_counter(), 0
-    self.timed_images, self.timed_seconds = 0, 0.0
+    self._clock = clock
+    self.timed_images, self.timed_seconds, self.timed_wait = 0, 0.0, 0.0
+    self._open_window()
+
+  def _open_window(self) -> None:
+    self.window_start, self.window_steps = self._clock(), 0
+    self.window_wait, self.window_paused = 0.0, 0.0
 
   def step(self) -> None:
     self.window_steps += 1
 
-  def restart_window(self) -> None:
-    """After work that is not training (an evaluation), so it is not billed to throughput."""
-    self.window_start = time.perf_counter()
+  @contextlib.contextmanager
+  def waiting_for_input(self) -> Iterator[None]:
+    """Around fetching the next batch: its time is the window's input wait."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self.window_wait += self._clock() - start
 
-  def close_window(self, step: int) -> tuple[float, float]:
-    """Ends the log window at `step`: (images/s, steps/s)."""
-    elapsed = time.perf_counter() - self.window_start
-    steps = self.window_steps
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """Around work that is not training (an evaluation, writing a trace): its time is left out of
+    the window, so it is billed neither to throughput nor to input wait."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self.window_paused += self._clock() - start
+
+  def close_window(self, step: int) -> Window:
+    """Ends the log window at `step`."""
+    elapsed = max(self._clock() - self.window_start - self.window_paused, 1e-9)
+    steps, wait = self.window_steps, min(self.window_wait, elapsed)
     if step - steps > self.first_step:  # the first window includes compilation
       self.timed_images += steps * self.batch_size
       self.timed_seconds += elapsed
-    self.window_start, self.window_steps = time.perf_counter(), 0
-    return steps * self.batch_size / elapsed, steps / elapsed
+      self.timed_wait += wait
+    self._open_window()
+    return Window(steps * self.batch_size / elapsed, steps / elapsed, wait / elapsed)
 
   def run_images_per_s(self) -> float | None:
     return self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None
+
+  def run_input_wait(self) -> float | None:
+    """Input wait over the timed windows of the whole run (the same windows as run_images_per_s)."""
+    return self.timed_wait / self.timed_seconds if self.timed_seconds > 0 else None

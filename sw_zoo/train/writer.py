@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from sw_zoo import run_dir, storage
+
 WANDB_MODES = ("offline", "online", "disabled")
 # Tags shown per image in the prediction table: enough to judge a tagger at a glance.
 MAX_TAGS_SHOWN = 25
@@ -27,8 +29,14 @@ class MetricWriter:
     self._wandb = None
     if not self.active:
       return
-    # Appending keeps a resumed run's history in one file (gs:// workdirs too, through epath).
-    self._jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")
+    # Appending keeps a resumed run's history in one file. Object stores cannot append: a gs://
+    # workdir's file is kept in the local mirror and uploaded whole after each write (a few KB).
+    self._url = storage.join(workdir, run_dir.METRICS_FILE) if storage.is_remote(workdir) else None
+    path = storage.mirror_path(self._url) if self._url else os.path.join(workdir, run_dir.METRICS_FILE)
+    if self._url:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      storage.write_bytes(path, storage.read_bytes(self._url) if storage.exists(self._url) else b"")
+    self._jsonl = open(path, "a", encoding="utf-8")
     mode = os.environ.get("WANDB_MODE") or config.wandb.mode
     if mode != "disabled":
       self._wandb = _init_wandb(workdir, config, mode)
@@ -44,6 +52,8 @@ class MetricWriter:
     record = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
     self._jsonl.flush()
+    if self._url:
+      storage.write_bytes(self._url, storage.read_bytes(self._jsonl.name))
     if self._wandb is not None:
       self._wandb.log(record, step=step)
 
