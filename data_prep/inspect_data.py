@@ -19,7 +19,8 @@ import numpy as np
 
 from data_prep.convert import REPORT_FILENAME
 from sw_zoo.data import contact_sheet
-from sw_zoo.data.dataset_info import SELECTED_TAGS_FILENAME, read_dataset_info, split_paths
+from sw_zoo import storage
+from sw_zoo.data.dataset_info import read_dataset_info, selected_tags_path, split_paths
 from sw_zoo.data.records import decode_image, decode_record
 from sw_zoo.data.vocab import TagVocab, category_name, read_selected_tags
 
@@ -44,7 +45,7 @@ def inspect(data_dir: str | os.PathLike, *, samples: int = 16, out: str | None =
   """Prints the summary; writes the contact sheet to `out` when samples > 0. Returns the stats."""
   data_dir = os.fspath(data_dir)
   info = read_dataset_info(data_dir)
-  vocab = read_selected_tags(os.path.join(data_dir, SELECTED_TAGS_FILENAME))
+  vocab = read_selected_tags(selected_tags_path(data_dir))  # gs://: its mirrored copy
   stats: dict[str, Any] = {"splits": {}, "categories": {}}
   print(f"{data_dir}: source {info['source']}, {info['num_labels']} labels, "
         f"record schema {info['schema_version']}")
@@ -75,10 +76,9 @@ def inspect(data_dir: str | os.PathLike, *, samples: int = 16, out: str | None =
     stats["head"] = [vocab.names[i] for i in head]
     stats["tail"] = [vocab.names[i] for i in tail]
 
-  report_path = os.path.join(data_dir, REPORT_FILENAME)
-  if os.path.isfile(report_path):
-    with open(report_path, encoding="utf-8") as f:
-      report = json.load(f)
+  report_path = storage.join(data_dir, REPORT_FILENAME)
+  if storage.isfile(report_path):
+    report = json.loads(storage.read_text(report_path))
     if report.get("skipped"):
       print("skipped when prepared: " + ", ".join(f"{k} {v}"
                                                   for k, v in report["skipped"].items()))

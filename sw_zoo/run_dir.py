@@ -68,10 +68,8 @@ def _finished_remote_steps(url: str) -> list[int]:
 
 def localize_run(url: str) -> str:
   """A gs:// run (workdir, checkpoints/ or checkpoints/N) mirrored locally with just what reading
-  it needs: config.json, eval_summary.json, bundle/ and the one step; returns the mirror of `url`
-  (so `resolve_step_dir` on it names the same step). Local paths are returned as they are."""
-  if not storage.is_remote(url):
-    return url
+  it needs: config.json, eval_summary.json, bundle/ and the one step (the bucket's latest unless
+  `url` names one); returns the mirror of that step's directory."""
   url = url.rstrip("/")
   step_url = None
   if storage.isfile(storage.join(url, _COMMIT_MARKER)) and storage.isdir(storage.join(url, "state")):
@@ -91,8 +89,7 @@ def localize_run(url: str) -> str:
       storage.pull(storage.join(workdir, name))
   if storage.isdir(storage.join(workdir, BUNDLE_DIR)):
     storage.pull(storage.join(workdir, BUNDLE_DIR), exact=True)
-  storage.pull(step_url)
-  return storage.mirror_path(url)
+  return storage.pull(step_url)
 
 
 def resolve_step_dir(path: str) -> str:

@@ -221,9 +221,9 @@ def test_prepare_train_kill_resume_export_eval_tag_on_gcs(gcs, tmp_path, capsys)
   assert _generations(data) == written
   capsys.readouterr()
 
-  total = 24
+  total = 16
   o = overrides(data, total, **{"checkpoint.every_steps": 2, "checkpoint.max_to_keep": 2,
-                                "checkpoint.async_save": True, "eval_every_steps": 12})
+                                "checkpoint.async_save": True})  # evaluated once, at the end
   env = child_env(8, str(tmp_path / "jax_cache"))
   run = f"{bucket}/e2e/run"
 
@@ -253,6 +253,10 @@ def test_prepare_train_kill_resume_export_eval_tag_on_gcs(gcs, tmp_path, capsys)
   exported = f"{bucket}/e2e/exported"
   assert cli.main(["export", run, "--out", exported]) == 0
   assert bundle_lib.is_bundle(exported)
+  # One named step of a gs:// run (not the latest); the bundle records the run by its URL.
+  assert cli.main(["export", f"{run}/checkpoints/{total - 2}", "--out", f"{bucket}/e2e/earlier"]) == 0
+  made_from = json.loads(storage.read_text(f"{bucket}/e2e/earlier/config.json"))["source"]
+  assert (made_from["workdir"], made_from["step"]) == (run, total - 2)
   assert cli.main(["eval", run, "--no-plots", "--no-progress", "--timing-repeats", "0"]) == 0
   assert "micro_f1" in json.loads(storage.read_text(f"{run}/eval_validation/eval_summary.json"))
 
@@ -269,5 +273,10 @@ def test_prepare_train_kill_resume_export_eval_tag_on_gcs(gcs, tmp_path, capsys)
   assert "in-sample" in capsys.readouterr().err
   assert cli.main(["index", data, "--model", exported, "--out", f"{bucket}/e2e/index", "--no-progress"]) == 0
   assert storage.isfile(f"{bucket}/e2e/index/index.json")
+  # The index records its model by URL, so searching it by image works from any machine.
+  assert json.loads(storage.read_text(f"{bucket}/e2e/index/index.json"))["model"] == exported
+  assert cli.main(["search", f"{bucket}/e2e/index", "--image", os.path.join(photos, "000.png"), "--k", "3"]) == 0
+  assert cli.main(["inspect", data, "--samples", "0"]) == 0
+  assert f"{data}: source folder" in capsys.readouterr().out
   tagger = load_pretrained(run)  # a run's workdir stands for its bundle, on gs:// too
   assert tagger.bundle.spec.num_tags == len(storage.read_text(f"{data}/selected_tags.csv").splitlines()) - 1

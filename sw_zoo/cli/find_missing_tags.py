@@ -71,7 +71,7 @@ def _predict(args: argparse.Namespace, split: str, n: int) -> predictions_lib.Pr
     report.refuse_in_sample(tagger, args.model, args.data, split)
   out = os.path.join(args.out, "predictions")
   with progress.bar(n, f"predicting {split}", unit="img", enabled=not args.no_progress) as bar:
-    return predictions_lib.predict_split(tagger, args.data, split, out, model=tagger.bundle.path, progress=bar.update,
+    return predictions_lib.predict_split(tagger, args.data, split, out, model=storage.url_of(tagger.bundle.path) or tagger.bundle.path, progress=bar.update,
                                          force=args.force)
 
 

@@ -72,7 +72,7 @@ def _build(args: argparse.Namespace, source: str, items, total: int, out: str) -
     tagger = load_pretrained(args.model, batch_size=args.batch_size)
     with progress.bar(total, "embedding", unit="img", enabled=not args.no_progress) as bar:
       meta = embedding_index.build(
-          tagger, items, out, model=tagger.bundle.path, connectivity=args.connectivity,
+          tagger, items, out, model=storage.url_of(tagger.bundle.path) or tagger.bundle.path, connectivity=args.connectivity,
           expansion_add=args.expansion_add, expansion_search=args.expansion_search, progress=bar.update,
           on_error=lambda item, err: skipped.append((item, err)), force=args.force, protect=[source])
   except ImportError as e:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sw_zoo import storage
 from sw_zoo.data.atomic_file import check_output_dir, replace_dir
 
 INDEX_FORMAT = 1
@@ -148,7 +149,8 @@ class SearchIndex:
   """A built index, opened for queries."""
 
   def __init__(self, path: str):
-    self.path = os.path.abspath(path)
+    # A gs:// index is read from its verified local mirror (embeddings are memory-mapped).
+    self.path = storage.pull(path) if storage.is_remote(path) else os.path.abspath(path)
     meta_path = os.path.join(self.path, "index.json")
     if not os.path.isfile(meta_path):
       raise FileNotFoundError(f"{self.path}: not a search index (no index.json; build one with `sw-zoo index`)")

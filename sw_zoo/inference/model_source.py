@@ -119,9 +119,11 @@ def _load_remote(url: str, *, use_ema: bool) -> ModelSource:
     if not storage.isdir(url):
       raise FileNotFoundError(f"{url}: not found (expected {EXPECTED})")
     try:
-      source = _load_checkpoint(run_dir.localize_run(url), use_ema=use_ema)
+      step_dir = run_dir.localize_run(url)
     except run_dir.RunError:
       raise run_dir.RunError(f"{url}: no finished checkpoint and no bundle there (expected {EXPECTED})") from None
+    source = _load_checkpoint(step_dir, use_ema=use_ema)
+    source.step_given = storage.url_of(step_dir) == url  # the URL named this step, not "the latest"
     source.provenance["workdir"] = storage.url_of(source.root) or source.root
   source.origin = storage.url_of(source.root)
   return source
