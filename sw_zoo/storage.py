@@ -76,9 +76,7 @@ def _errors(url: str) -> Iterator[None]:
     yield
   except StorageError:
     raise
-  except (OSError, RuntimeError, ValueError, ConnectionError) as e:
-    raise _describe(url, e) from e
-  except Exception as e:  # aiohttp / google-auth errors share no useful base class
+  except Exception as e:  # gcsfs, aiohttp and google-auth errors share no useful base class
     raise _describe(url, e) from e
 
 
@@ -101,15 +99,6 @@ def isfile(path: str) -> bool:
 
 def isdir(path: str) -> bool:
   return _ask(path, os.path.isdir, "isdir")
-
-
-def listdir(path: str) -> list[str]:
-  """Entry names directly under `path` (files and 'directories')."""
-  if not is_remote(path):
-    return os.listdir(path)
-  fs, key = _fs(path)
-  with _errors(path):
-    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(key, detail=False, refresh=True))
 
 
 def check_bucket(url: str) -> None:
@@ -162,15 +151,6 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
-
-
-def remove(path: str) -> None:
-  if not is_remote(path):
-    os.remove(path)
-    return
-  fs, key = _fs(path)
-  with _errors(path):
-    fs.rm_file(key)
 
 
 # ----------------------------------------------------------------------------- the mirror
