@@ -48,7 +48,7 @@ from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir
 from sw_zoo.data.dataset_info import (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME,
                                       read_dataset_info, write_dataset_info)
 from sw_zoo.data.records import encode_record
-from sw_zoo.data.shard_writer import ShardWriter
+from sw_zoo.data.shard_writer import SHARD_SUFFIX, ShardWriter
 from sw_zoo.data.vocab import (CATEGORY_CHARACTER, CATEGORY_GENERAL, CATEGORY_RATING, Tag,
                                TagVocab, write_selected_tags)
 
@@ -236,7 +236,7 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
 
 
 def _is_synthetic_file(rel: str) -> bool:
-  return rel.endswith(".array_record") or rel in (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME, MARKER_FILENAME)
+  return rel.endswith(SHARD_SUFFIX) or rel in (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME, MARKER_FILENAME)
 
 
 def _generate(out_dir: str, args: dict[str, Any], *, overwrite: bool, workers: int | None,

@@ -194,15 +194,13 @@ def _expected_digest(info: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _digest_file(path: str, kind: str) -> str:
+  """Base64 MD5 or CRC32C of a file, the encoding object listings use."""
   if kind == "md5":
     h = hashlib.md5()
-    with open(path, "rb") as f:
-      for block in iter(lambda: f.read(_CHUNK), b""):
-        h.update(block)
-    return base64.b64encode(h.digest()).decode()
-  import google_crc32c  # a gcsfs dependency
+  else:
+    import google_crc32c  # a gcsfs dependency
 
-  h = google_crc32c.Checksum()
+    h = google_crc32c.Checksum()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(_CHUNK), b""):
       h.update(block)

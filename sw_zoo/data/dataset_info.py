@@ -126,7 +126,6 @@ def _read_remote(url: str) -> dict[str, Any]:
     for shard in split["shards"]:
       if shard not in listing:
         _fail(info_url, f"splits.{name}.shards", f"lists {shard!r} but {storage.join(url, shard)} does not exist")
-  _REMOTE_LISTINGS[url] = listing
   return info
 
 
@@ -135,10 +134,6 @@ def selected_tags_path(data_dir: str) -> str:
   if not storage.is_remote(data_dir):
     return os.path.join(data_dir, SELECTED_TAGS_FILENAME)
   return storage.pull(storage.join(data_dir, SELECTED_TAGS_FILENAME))
-
-
-# The listing read with a remote dataset.json, so staging its shards needs no second listing.
-_REMOTE_LISTINGS: dict[str, dict[str, Any]] = {}
 
 
 def write_dataset_info(data_dir: str | os.PathLike, info: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +166,5 @@ def split_paths(data_dir: str | os.PathLike, split: str,
   names = info["splits"][split]["shards"]
   names = names if shards is None else [names[i] for i in shards]
   if storage.is_remote(data_dir):
-    listing = _REMOTE_LISTINGS.get(data_dir) or storage.remote_files(data_dir)
-    data_dir = remote_dataset.stage_shards(data_dir, names, listing)
+    data_dir = remote_dataset.stage_shards(data_dir, names, storage.remote_files(data_dir))
   return [os.path.join(data_dir, shard) for shard in names]

@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from sw_zoo import storage
+from sw_zoo.data.shard_writer import SHARD_SUFFIX
 from sw_zoo.progress import bar
 
-SHARD_SUFFIX = ".array_record"
 _USED_MARK = ".last_used"  # one per staged dataset: its mtime orders eviction
 
 
