@@ -1,22 +1,24 @@
-"""Tagging throughput: `sw-zoo tag` (JAX Tagger) against the same model in onnxruntime on the CPU.
+"""Tagging throughput: `sw-zoo tag` on each backend (JAX, onnxruntime) against onnxruntime called
+directly on the same exported model, on the CPU.
 
-    python benchmarks/tagging.py                                    # l0_silu_eca at 320 px, ~5 min
+    python benchmarks/tagging.py                                    # l0_silu_eca at 320 px, ~8 min
     python benchmarks/tagging.py --model tiny --image-size 128 --images 128 --rounds 2   # ~1 min
 
 A bundle of the model with random weights (speed does not depend on the values) and --tags
-outputs is written and exported to ONNX; --images JPEGs at booru-like sizes (800-1200 px on the
-long side, several aspect ratios, quality 90) are written to a temp folder. Both paths do the
+outputs is written, with its model.onnx; --images JPEGs at booru-like sizes (800-1200 px on the
+long side, several aspect ratios, quality 90) are written to a temp folder. Every path does the
 whole job on every image: decode (`image_io.load_image`) + `preprocess_eval` on the same number
 of threads, the forward pass in batches of --batch-size, thresholds and a caption file per image.
 
-  sw-zoo tag   `captions.tag_files` with a warmed-up Tagger (jit compiled beforehand; the cold
-               figure, model load + compile included, is printed separately)
-  onnxruntime  the exported model.onnx in an InferenceSession (CPUExecutionProvider), fed BGR
-               float32 as WD-tagger tools do, with the same decode threads and caption writing
+  sw-zoo tag (jax)    `tag_outputs.tag_files` with a warmed-up JAX Tagger (jit compiled beforehand;
+                      the cold CLI figure, model load + compile included, is printed separately)
+  sw-zoo tag (onnx)   the same with the onnxruntime backend (the bundle's model.onnx)
+  onnxruntime direct  the baseline: the model.onnx in an InferenceSession (CPUExecutionProvider), fed
+                      BGR float32 as WD-tagger tools do, with the same decode threads and captions
 
-Rounds alternate between the two paths so load from other jobs on a shared machine hits both
-alike; the median round of each is reported, as images/s (wall clock) and images per CPU-second
-of this process, with their ratio. The scores of both paths are compared as a check.
+Rounds alternate between the paths so load from other jobs on a shared machine hits all alike;
+the median round of each is reported, as images/s (wall clock) and images per CPU-second of this
+process, with its ratio to the baseline. The scores of the paths are compared as a check.
 """
 from __future__ import annotations
 
@@ -35,41 +37,15 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from sw_zoo.inference import bundle as bundle_lib  # noqa: E402
 from sw_zoo import cli  # noqa: E402
-from sw_zoo.inference import captions  # noqa: E402
+from sw_zoo.inference import captions, tag_outputs  # noqa: E402
 from sw_zoo.inference import onnx_export  # noqa: E402
-from sw_zoo.data import vocab as vocab_lib  # noqa: E402
 from sw_zoo.inference.tagger import Tagger  # noqa: E402
+from benchmarks.random_bundle import write_random_bundle  # noqa: E402
 
 SHAPES = ((1200, 900), (900, 1200), (1024, 1024), (1200, 800), (800, 1200), (1100, 1100))  # (h, w)
-
-
-def _vocab(num_tags: int) -> vocab_lib.TagVocab:
-  ratings = [vocab_lib.Tag(n, vocab_lib.CATEGORY_RATING) for n in ("general", "sensitive", "questionable", "explicit")]
-  characters = max(1, (num_tags - 4) // 5)
-  rest = num_tags - 4 - characters
-  return vocab_lib.TagVocab(ratings + [vocab_lib.Tag(f"tag_{i}", vocab_lib.CATEGORY_GENERAL) for i in range(rest)]
-                            + [vocab_lib.Tag(f"character_{i}", vocab_lib.CATEGORY_CHARACTER) for i in range(characters)])
-
-
-def _random_params(spec: bundle_lib.ModelSpec, seed: int = 0):
-  """Params of the right shapes from numpy (linen init would run the model op by op)."""
-  model = spec.create(dtype="float32")
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)["params"])
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    noise = rng.standard_normal(leaf.shape).astype(np.float32)
-    if path[-1].key in ("gain", "skipinit_gain"):
-      return 1.0 + np.float32(0.2) * noise
-    if path[-1].key == "bias":
-      return np.float32(0.1) * noise
-    return noise / np.float32(np.sqrt(np.prod(leaf.shape[:-1]) if len(leaf.shape) > 1 else leaf.shape[0]))
-
-  return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def _write_images(folder: str, count: int, seed: int = 0) -> list[str]:
@@ -127,18 +103,14 @@ def main(argv=None) -> int:
 
   root = tempfile.mkdtemp(prefix="sw_zoo_tagging_bench.")
   try:
-    tags = _vocab(args.tags)
-    spec = bundle_lib.ModelSpec(name=args.model, num_tags=len(tags), dtype="float32")
     t = time.perf_counter()
-    bundle_dir = bundle_lib.write_bundle(os.path.join(root, "bundle"), params=_random_params(spec), spec=spec,
-                                         image_size=args.image_size, tags=tags,
-                                         thresholds=bundle_lib.threshold_config(0.35))
-    bundle = bundle_lib.read_bundle(bundle_dir)
+    bundle_dir = write_random_bundle(os.path.join(root, "bundle"), args.model, args.image_size, args.tags)
     t_onnx = time.perf_counter()
-    onnx_path = os.path.join(root, "model.onnx")
+    onnx_path = os.path.join(bundle_dir, bundle_lib.ONNX_FILE)
     with open(onnx_path, "wb") as f:
-      f.write(onnx_export.bundle_to_onnx_bytes(bundle))
-    print(f"bundle {spec.name} {args.image_size}px {len(tags)} tags: written in {t_onnx - t:.1f} s, "
+      f.write(onnx_export.bundle_to_onnx_bytes(bundle_lib.read_bundle(bundle_dir)))
+    bundle = bundle_lib.read_bundle(bundle_dir)
+    print(f"bundle {args.model} {args.image_size}px {args.tags} tags: written in {t_onnx - t:.1f} s, "
           f"ONNX export {time.perf_counter() - t_onnx:.1f} s")
     folder = os.path.join(root, "images")
     os.makedirs(folder)
@@ -148,36 +120,43 @@ def main(argv=None) -> int:
           f"{args.workers} decode threads; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"jax {jax.__version__} ({jax.default_backend()}), onnxruntime {ort.__version__}")
 
-    cold, _ = _timed(lambda: cli.main(["tag", folder, "--model", bundle_dir, "--batch_size", str(args.batch_size),
-                                       "--max_data_loader_n_workers", str(args.workers), "--no-progress"]))
-    print(f"sw-zoo tag, cold (load + compile + tag): {cold:.1f} s = {len(files) / cold:.2f} img/s")
+    for backend in ("jax", "onnx"):
+      cold, _ = _timed(lambda: cli.main(["tag", folder, "--model", bundle_dir, "--batch_size", str(args.batch_size),
+                                         "--max_data_loader_n_workers", str(args.workers), "--backend", backend,
+                                         "--no-progress"]))
+      print(f"sw-zoo tag --backend {backend}, cold (load + compile + tag): {cold:.1f} s = {len(files) / cold:.2f} img/s")
 
     style = captions.CaptionStyle()
-    tagger = Tagger(bundle, batch_size=args.batch_size, num_workers=args.workers)
+    taggers = {name: Tagger(bundle, batch_size=args.batch_size, num_workers=args.workers, backend=name)
+               for name in ("jax", "onnx")}
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     warm = files[:args.batch_size] + files[:len(files) % args.batch_size]  # every batch shape the run uses
-    jax_scores = tagger.scores(warm)
-    run_onnxruntime(session, tagger, files[:args.batch_size], style, args.batch_size, args.workers)
+    for tagger in taggers.values():
+      tagger.scores(warm)
+    run_onnxruntime(session, taggers["jax"], files[:args.batch_size], style, args.batch_size, args.workers)
 
-    results = {"sw-zoo tag (JAX)": [], "onnxruntime CPU": []}
+    baseline = "onnxruntime direct"
+    results = {"sw-zoo tag (jax)": [], "sw-zoo tag (onnx)": [], baseline: []}
+    holder = {}
     for _ in range(args.rounds):
-      results["sw-zoo tag (JAX)"].append(_timed(lambda: captions.tag_files(tagger, files, style, show_progress=False)))
-      holder = {}
-      results["onnxruntime CPU"].append(_timed(lambda: holder.update(s=run_onnxruntime(
-          session, tagger, files, style, args.batch_size, args.workers))))
-    diff = float(np.abs(tagger.scores(files[:4]) - holder["s"][:4]).max())
+      for name, tagger in taggers.items():
+        results[f"sw-zoo tag ({name})"].append(_timed(lambda: tag_outputs.tag_files(tagger, files, style,
+                                                                                     show_progress=False)))
+      results[baseline].append(_timed(lambda: holder.update(s=run_onnxruntime(
+          session, taggers["jax"], files, style, args.batch_size, args.workers))))
+    diffs = {name: float(np.abs(t.scores(files[:4]) - holder["s"][:4]).max()) for name, t in taggers.items()}
 
     rates = {}
     for name, rounds in results.items():
       wall = statistics.median(w for w, _ in rounds)
       cpu = statistics.median(c for _, c in rounds)
       rates[name] = (len(files) / wall, len(files) / cpu)
-      print(f"{name:18s} {rates[name][0]:7.2f} img/s   {rates[name][1]:7.2f} img/CPU-s   "
-            f"(rounds: {', '.join(f'{w:.1f}s' for w, _ in rounds)})")
-    (jw, jc), (ow, oc) = rates["sw-zoo tag (JAX)"], rates["onnxruntime CPU"]
-    print(f"ratio sw-zoo tag / onnxruntime: {jw / ow:.2f}x wall, {jc / oc:.2f}x per CPU-second; "
-          f"max |score difference| {diff:.1e}")
-    del jax_scores
+    bw, bc = rates[baseline]
+    for name, (w, c) in rates.items():
+      print(f"{name:20s} {w:7.2f} img/s   {c:7.2f} img/CPU-s   {w / bw:5.2f}x wall, {c / bc:5.2f}x per CPU-s of "
+            f"{baseline}   (rounds: {', '.join(f'{r:.1f}s' for r, _ in results[name])})")
+    print("max |score difference| vs onnxruntime direct: "
+          + ", ".join(f"{name} {d:.1e}" for name, d in diffs.items()))
   finally:
     shutil.rmtree(root, ignore_errors=True)
   return 0

@@ -91,7 +91,7 @@ def test_checkpoint_from_974df1e_resumes_and_exports(tmp_path, capsys):
   assert f"Resumed from checkpoint at step {FIXTURE_STEP}" in out, out
   assert at_fixture["step"] == FIXTURE_STEP and not at_fixture["interrupted"]
   restored = sw_zoo.load_pretrained(os.path.join(workdir, "bundle"))
-  _assert_trees_equal(saved["params"], restored.params)
+  _assert_trees_equal(saved["params"], restored.bundle.params)
 
   # 2. Resume and train on: state and data iterator continue from the old checkpoint.
   result = train_and_evaluate(_config(data_dir, RESUMED_STEPS), workdir)
@@ -120,7 +120,7 @@ def test_checkpoint_from_974df1e_resumes_and_exports(tmp_path, capsys):
   bundle_dir = str(tmp_path / "bundle")
   assert cli.main(["export", workdir, "--out", bundle_dir]) == 0
   tagger = sw_zoo.load_pretrained(bundle_dir)
-  _assert_trees_equal(trained["params"], tagger.params)
+  _assert_trees_equal(trained["params"], tagger.bundle.params)
   image = Image.new("RGB", (48, 48), "white")
   ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill="red")
   scores = tagger.scores(image)

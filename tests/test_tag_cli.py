@@ -2,14 +2,16 @@
 unreadable images skipped, a crash never leaving a corrupted caption, and the arguments that would
 lose data (bad thresholds, caption extensions, colliding captions, unwritable folders) refused before
 any file is touched."""
+import json
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import sw_zoo
 from sw_zoo import cli
-from sw_zoo.inference import captions
+from sw_zoo.inference import captions, tag_outputs
 from sw_zoo.data import atomic_file
 from sw_zoo.inference.tagger import Prediction
 from tests.test_tagger import CHARACTERS, GENERAL, make_bundle
@@ -224,3 +226,104 @@ def test_a_run_that_writes_no_caption_exits_1(bundle_dir, folder, capsys, monkey
   (only_broken / "x.jpg").write_bytes(b"not a jpeg")
   assert cli.main(["tag", str(only_broken), "--model", bundle_dir, "--thresh", "0", "--no-progress"]) == 1
   assert "skipped" in capsys.readouterr().err and os.listdir(only_broken) == ["x.jpg"]
+
+
+# ---- Formats, results files and kohya's other options --------------------------------------------
+
+
+def test_kohya_and_prompt_caption_options():
+  p = Prediction(rating={"general": 0.8, "sensitive": 0.2},
+                 general=[("long_hair", 0.9), ("holding_(object)", 0.6)],
+                 character=[("ganyu_(genshin_impact)", 0.97), ("chara_(cos)_(series)", 0.5), ("plain_chara", 0.4)],
+                 other={"copyright": [("genshin_impact", 0.95)]})
+  style = captions.CaptionStyle(character_expand=True, character_first=True)
+  assert captions.caption_tags(p, style) == [
+      "ganyu", "genshin_impact", "chara_(cos)", "series", "plain_chara", "long_hair", "holding_(object)"]
+  style = captions.CaptionStyle(remove_underscore=True, escape=True, weights=True,
+                                replacements=captions.parse_tag_replacement(r"long_hair,long hair\, flowing;plain_chara,pc"))
+  assert captions.caption_tags(p, style)[:3] == [
+      "(long hair, flowing:0.90)", r"(holding \(object\):0.60)", r"(ganyu \(genshin impact\):0.97)"]
+  assert "(pc:0.40)" in captions.caption_tags(p, style)
+  with pytest.raises(ValueError, match="expected 'source,target' pairs"):
+    captions.parse_tag_replacement("a,b,c")
+  lines = tag_outputs.hydrus_lines(p, captions.CaptionStyle(character_expand=True, undesired=("holding_(object)",)))
+  assert lines == ["long hair", "character:ganyu", "series:genshin impact", "character:chara (cos)", "series:series",
+                   "character:plain chara", "rating:general"]
+
+
+def _records(path):
+  return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_hydrus_sidecars_and_jsonl_scores_match_the_tagger(bundle_dir, folder, tmp_path, capsys):
+  out = tmp_path / "tags.jsonl"
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--recursive", "--format", "hydrus", "--thresh", "0.5",
+                   "--output_path", str(out), "--tta", "flip", "--backend", "jax", "--no-progress"]) == 0
+  err = capsys.readouterr().err
+  assert "Tag frequency over 3 images" in err and "tta flip" in err
+  sidecar = (folder / "a.jpg.txt").read_text(encoding="utf-8").splitlines()
+  assert not (folder / "a.txt").exists() and (folder / "sub" / "c.webp.txt").exists()
+  assert all(" " not in t or "_" not in t for t in sidecar) and sidecar[-1].startswith("rating:")
+  records = {r["path"]: r for r in _records(out)}
+  assert set(records) == {"a.jpg", "b.png", "sub/c.webp"}  # the broken image is skipped, not recorded
+  tagger = sw_zoo.load_pretrained(bundle_dir, backend="jax")
+  expected = tagger.predict(str(folder / "a.jpg"), thresholds=0.5, tta="flip")
+  assert records["a.jpg"]["general"] == pytest.approx(dict(expected.general), abs=1e-5)
+  assert records["a.jpg"]["rating"] == pytest.approx(expected.rating, abs=1e-5)
+  assert [f"character:{c.replace('_', ' ')}" for c in records["a.jpg"]["character"]] == \
+      [t for t in sidecar if t.startswith("character:")]
+  assert records["a.jpg"]["caption"] == [t for t, _ in expected.general] + [t for t, _ in expected.character]
+
+
+def test_json_results_onnx_backend_and_a_refused_overwrite(bundle_dir, folder, tmp_path, capsys):
+  out = tmp_path / "tags.json"
+  out.write_text("someone else's file\n")
+  args = ["tag", str(folder), "--model", bundle_dir, "--format", "none", "--output_path", str(out), "--thresh", "0.4",
+          "--backend", "onnx", "--no-progress"]
+  assert cli.main(args) == 2
+  assert "--force" in capsys.readouterr().err and out.read_text() == "someone else's file\n"
+  assert cli.main(args + ["--force"]) == 0
+  data = json.loads(out.read_text(encoding="utf-8"))
+  assert data["model"]["thresholds"]["general"] == 0.4 and set(data["images"]) == {"a.jpg", "b.png"}
+  assert not list(folder.glob("*.txt"))  # --format none: no sidecars
+  jax_scores = sw_zoo.load_pretrained(bundle_dir, backend="jax").predict(str(folder / "b.png"), thresholds=0.4)
+  assert data["images"]["b.png"]["general"] == pytest.approx(dict(jax_scores.general), abs=1e-4)
+  # json sidecars, and an interrupted run that leaves the previous results file as it was
+  before = out.read_bytes()
+
+  def interrupted(*a, **k):
+    raise KeyboardInterrupt
+
+  import sw_zoo.inference.tag_outputs as outputs_module
+  original = outputs_module.ResultsFile.add
+  try:
+    outputs_module.ResultsFile.add = interrupted
+    with pytest.raises(KeyboardInterrupt):
+      cli.main(args + ["--force"])
+  finally:
+    outputs_module.ResultsFile.add = original
+  assert out.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--format", "json", "--no-progress"]) == 0
+  assert set(json.loads((folder / "a.json").read_text())) == {"path", "rating", "general", "character", "other", "caption"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--category_threshold", "copyright=2"], "between 0 and 1"),
+    (["--category_threshold", "rating=0.5"], "expected CATEGORY=VALUE"),
+    (["--category_threshold", "copyright"], "expected CATEGORY=VALUE"),
+    (["--tag_replacement", "a,b,c"], "source,target"),
+    (["--format", "none"], "--output_path"),
+    (["--output_path", "tags.csv"], ".json or .jsonl")])
+def test_bad_new_options_are_refused_before_anything_is_written(bundle_dir, folder, capsys, args, message):
+  before = _snapshot(folder)
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--no-progress", *args]) == 2
+  assert message in capsys.readouterr().err
+  assert _snapshot(folder) == before
+
+
+def test_per_category_thresholds_and_frequency_listing(bundle_dir, folder, capsys):
+  assert cli.main(["tag", str(folder), "--model", bundle_dir, "--thresh", "0", "--category_threshold", "character=1",
+                   "--frequency_tags", "--no-progress"]) == 0
+  err = capsys.readouterr().err
+  assert not set(_caption(folder / "a.txt")) & set(CHARACTERS)
+  assert "every tag" in err and all(f"  {t}" in err for t in GENERAL)

@@ -70,7 +70,8 @@ def bundle_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tagger(bundle_dir):
-  return sw_zoo.load_pretrained(bundle_dir, batch_size=4)
+  # JAX: these tests compare with the eval step to 1e-6 (the onnx backend has its own tests)
+  return sw_zoo.load_pretrained(bundle_dir, batch_size=4, backend="jax")
 
 
 def test_scores_equal_the_eval_step_on_preprocess_eval(tagger, bundle_dir):
@@ -103,14 +104,15 @@ def test_batching_padding_and_compiles(bundle_dir):
   images = sample_images(7)
   together = tagger.scores(images)  # one full batch of 4, then 3 padded to 4
   assert together.shape == (7, len(sample_vocab()))
-  assert tagger._forward._cache_size() == 1
+  compiled = tagger.forward._jit._cache_size
+  assert compiled() == 1
   one_by_one = np.stack([tagger.scores(i) for i in images])  # batch of 1: one more shape
   np.testing.assert_allclose(together, one_by_one, atol=1e-5)
-  assert tagger._forward._cache_size() == 2
+  assert compiled() == 2
   stacked = tagger.scores(np.stack([tagger.preprocess(i) for i in images]))  # a [N, H, W, 3] stack
   np.testing.assert_allclose(stacked, together, atol=1e-6)
-  assert tagger._forward._cache_size() == 2
-  assert [tagger._padded_size(n) for n in (1, 2, 3, 4, 9)] == [1, 2, 4, 4, 4]
+  assert compiled() == 2
+  assert [tagger.forward.padded_size(n, 4) for n in (1, 2, 3, 4, 9)] == [1, 2, 4, 4, 4]
 
 
 def test_predict_categories_thresholds_and_top_k(tagger):
@@ -170,3 +172,63 @@ def test_unreadable_inputs_raise_or_are_reported(tagger, tmp_path):
     tagger.predict(np.zeros((8, 8, 3), np.float32))
   with pytest.raises(TypeError, match="cannot read an image"):
     tagger.predict([42])
+
+
+# ---- Backends and test-time augmentation -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_tagger(bundle_dir):
+  return sw_zoo.load_pretrained(bundle_dir, batch_size=4, backend="onnx")
+
+
+def test_onnx_backend_gives_the_jax_scores_and_embeddings(tagger, onnx_tagger):
+  """The bundle has no model.onnx: the graph is built from its params in memory."""
+  images = sample_images(6, seed=4)  # 4 + 2: a full and a partial batch
+  assert onnx_tagger.backend == "onnx" and tagger.backend == "jax"
+  np.testing.assert_allclose(onnx_tagger.scores(images), tagger.scores(images), atol=1e-4)
+  np.testing.assert_allclose(onnx_tagger.embed(images), tagger.embed(images), atol=1e-3)
+  assert onnx_tagger.embedding_dim == tagger.embedding_dim
+  jax_preds, onnx_preds = tagger.predict(images, thresholds=0.5), onnx_tagger.predict(images, thresholds=0.5)
+  # Same decisions (no score within 1e-4 of the threshold with these seeds).
+  for a, b in zip(onnx_preds, jax_preds):
+    assert [t for t, _ in a.general] == [t for t, _ in b.general] and a.rating_tag == b.rating_tag
+    np.testing.assert_allclose([s for _, s in a.general], [s for _, s in b.general], atol=1e-4)
+
+
+def test_auto_backend_is_onnx_on_the_cpu_when_installed(bundle_dir):
+  from sw_zoo.inference import backends
+
+  assert jax.default_backend() == "cpu"
+  assert backends.choose("auto", bundle_dir) == "onnx"
+  with pytest.raises(ValueError, match="backend 'tensorrt'"):
+    backends.choose("tensorrt")
+
+
+@pytest.mark.parametrize("backend", ["jax", "onnx"])
+def test_tta_flip_is_the_mean_of_the_image_and_its_mirror(tagger, onnx_tagger, backend):
+  t = tagger if backend == "jax" else onnx_tagger
+  # Preprocessed first: mirroring a raw image with an odd letterbox would shift it by a pixel.
+  images = [t.preprocess(i) for i in sample_images(3, seed=5)]
+  mirrored = [np.ascontiguousarray(i[:, ::-1]) for i in images]
+  plain, flipped = t.scores(images), t.scores(mirrored)
+  assert np.abs(plain - flipped).max() > 1e-3  # the mirror really scores differently
+  np.testing.assert_allclose(t.scores(images, tta="flip"), (plain + flipped) / 2, atol=1e-5)
+  p = t.predict(images[0], thresholds=0.0, tta="flip")
+  averaged = dict(p.general)
+  assert averaged[GENERAL[0]] == pytest.approx((plain[0, 4] + flipped[0, 4]) / 2, abs=1e-5)
+  with pytest.raises(ValueError, match="tta='rotate'"):
+    t.predict(images[0], tta="rotate")
+
+
+def test_scores_of_batch_and_prediction_json(tagger):
+  images = sample_images(5, seed=6)
+  batch = np.stack([tagger.preprocess(i) for i in images])
+  np.testing.assert_allclose(tagger.scores_of_batch(batch), tagger.scores(images), atol=1e-6)
+  with pytest.raises(ValueError, match="expected uint8 images"):
+    tagger.scores_of_batch(batch.astype(np.float32))
+  p = tagger.predict(images[0], thresholds=0.0)
+  j = p.to_json()
+  assert list(j["rating"]) == list(p.rating) and list(j["general"]) == [t for t, _ in p.general]
+  assert list(j["general"].values()) == sorted(j["general"].values(), reverse=True)
+  assert set(j) == {"rating", "general", "character", "other"}

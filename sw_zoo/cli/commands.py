@@ -11,6 +11,7 @@
   sw-zoo find-missing-tags --data data/synthetic --model runs/demo --out review
   sw-zoo index data/synthetic --model runs/demo --out runs/demo_index
   sw-zoo search runs/demo_index --image query.jpg
+  sw-zoo serve --model runs/demo/bundle --port 8000
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ COMMANDS = {
     "folds": ("folds", "K-fold copies of a train split  (sw-zoo folds data/mine --folds 2 --out data/mine_folds)"),
     "index": ("index", "embed images into a search index (sw-zoo index IMAGES_OR_DATASET --model RUN --out INDEX)"),
     "search": ("search", "nearest images by image or tag  (sw-zoo search INDEX --image q.jpg | --tags \"1girl solo -hat\")"),
+    "serve": ("serve", "tag images over HTTP + web page (sw-zoo serve --model runs/demo/bundle --port 8000)"),
 }
 
 USAGE = ("usage: sw-zoo COMMAND [ARGS...]\n\ncommands:\n"

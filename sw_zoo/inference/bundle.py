@@ -15,15 +15,25 @@ config.json (format_version 1):
      "preprocessing": {...},     # descriptive: what `preprocess_eval` does, see PREPROCESSING
      "thresholds": {"method": "config", "default": 0.35,
                     "by_category": {"general": 0.35, "character": 0.35}},
-     "tags": {"file": "selected_tags.csv", "count": 9083, "by_category": {"rating": 4, ...}},
+     "tags": {"file": "selected_tags.csv", "count": 9083, "by_category": {"rating": 4, ...},
+              "layout": {...}},   # optional, see below
      "params": {"file": "params.msgpack", "format": "flax_msgpack", "sha256": "...",
                 "bytes": 123, "count": 56720000,
                 "tensors": {"stem/conv1/kernel": {"shape": [3, 3, 3, 16], "dtype": "float32"}, ...}},
-     "source": {...}}           # provenance: run, step, EMA, time, sw_zoo version
+     "source": {...},           # provenance: run, step, EMA, time, sw_zoo version
+     "onnx": {...}}             # optional: model.onnx's image size, precision and its check
 
 `model.name/act/attn/overrides` are `create_model` arguments exactly as the trainer passed them
 (attn null keeps the variant's own attention). `thresholds` is the shape `sw-zoo eval` writes
 (it replaces the key with tuned ones; `method` says where they came from).
+
+`tags.layout` (written by `sw-zoo export`, `tool_layouts.describe`) documents the row order for
+other tools: `rows` maps each category name to its half-open [start, stop) row runs, `wd_order`
+says whether the rows run rating -> general -> character, and `tools` says, per WD tool (space,
+kohya, webui, comfyui), "fits" or what that tool would get wrong reading this selected_tags.csv
+(`sw-zoo export --layout TOOL` writes an adapted copy). `onnx` (when model.onnx is written):
+{"file", "image_size" (the graph's, which may differ from the bundle's), "precision",
+"check": the agreement report against float32 for fp16 / int8 (`onnx_precision.compare`)}.
 
 Loading checks everything before any array is used: the format and version, the params file's
 sha256 (a damaged or truncated file), every tensor's shape and dtype against `params.tensors`,
@@ -134,12 +144,14 @@ def _write_bytes(path: str, data: bytes) -> None:
 def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec: ModelSpec, image_size: int,
                  tags: vocab_lib.TagVocab, thresholds: Mapping[str, Any] | None = None,
                  source: Mapping[str, Any] | None = None, extra_files: Mapping[str, bytes] | None = None,
-                 force: bool = False, protect: Sequence[str] = ()) -> str:
+                 force: bool = False, protect: Sequence[str] = (), tags_layout: Mapping[str, Any] | None = None,
+                 onnx: Mapping[str, Any] | None = None) -> str:
   """Writes a bundle directory atomically (see `replace_dir`); returns its absolute path.
 
   `params`: the nested params tree (host or device arrays). `thresholds`: the `thresholds`
   entry (default: `DEFAULT_THRESHOLD` everywhere, the WD-tagger convention). `extra_files`: more files to
-  place in the bundle (e.g. model.onnx), written in the same atomic step.
+  place in the bundle (e.g. model.onnx), written in the same atomic step. `tags_layout` / `onnx`:
+  the config.json entries of those names (see the module docstring).
     `out_dir` must be absent, empty or a bundle (else `--force`), and must not contain `protect`
   (see `atomic_file.check_output_dir`); this is checked before anything is written.
   """
@@ -164,13 +176,16 @@ def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec:
       "image_size": int(image_size),
       "preprocessing": PREPROCESSING,
       "thresholds": dict(thresholds) if thresholds else threshold_config(DEFAULT_THRESHOLD),
-      "tags": {"file": TAGS_FILE, "count": len(tags), "by_category": per_category},
+      "tags": {"file": TAGS_FILE, "count": len(tags), "by_category": per_category,
+               **({"layout": dict(tags_layout)} if tags_layout else {})},
       "params": {"file": PARAMS_FILE, "format": "flax_msgpack", "sha256": hashlib.sha256(blob).hexdigest(),
                  "bytes": len(blob), "count": int(sum(a.size for a in flat.values())),
                  "tensors": tensor_table(host)},
       "source": {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "sw_zoo_version": _version(), **dict(source or {})},
   }
+  if onnx:
+    config["onnx"] = dict(onnx)
 
   def fill(tmp: str) -> None:
     _write_bytes(os.path.join(tmp, PARAMS_FILE), blob)

@@ -3,8 +3,10 @@
 
 The choices those tools offer are `CaptionStyle` fields: character tags first, tags always put
 first when present, undesired tags dropped, underscores shown as spaces (except in kaomoji,
-where the underscore is the mouth), the rating tag first or last. Captions are written
-atomically (temp file + os.replace): a crash leaves the old caption or the new one.
+where the underscore is the mouth), the rating tag first or last, kohya's tag replacements and
+character expansion ('chara_(series)' -> 'chara, series'), and for prompts parentheses escaped
+('\\(') and scores as weights ('(tag:0.95)'). Captions are written atomically (temp file +
+os.replace): a crash leaves the old caption or the new one.
 
 Before anything is written, `check_caption_targets` refuses a run that would lose data: a caption
 extension that names an image (a.png overwritten with text) or is not a plain suffix, two images
@@ -16,11 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
-import time
-from typing import TYPE_CHECKING, Any
-
-from sw_zoo import progress
 from sw_zoo.data.atomic_file import atomic_write_text
 from sw_zoo.data.image_files import IMAGE_EXTENSIONS
 
@@ -51,6 +50,41 @@ def parse_tag_list(text: str | None) -> tuple[str, ...]:
   return tuple(t.strip() for t in (text or "").split(",") if t.strip())
 
 
+def parse_tag_replacement(text: str | None) -> tuple[tuple[str, str], ...]:
+  """kohya's --tag_replacement 'source1,target1;source2,target2' (a literal ',' or ';' inside a
+  tag written '\\,' / '\\;') -> ((source1, target1), ...); ValueError naming a malformed pair."""
+  if not text:
+    return ()
+  comma, semicolon = "\0c", "\0s"  # NUL never occurs in a tag, so these cannot clash
+  escaped = text.replace("\\,", comma).replace("\\;", semicolon)
+  pairs = []
+  for item in escaped.split(";"):
+    if not item.strip():
+      continue
+    parts = item.split(",")
+    if len(parts) != 2 or not parts[0].strip():
+      shown = item.replace(comma, "\\,").replace(semicolon, "\\;")
+      raise ValueError(f"--tag_replacement {shown!r}: expected 'source,target' pairs separated by ';' "
+                       "(write a literal comma or semicolon as \\, or \\;)")
+    pairs.append(tuple(p.strip().replace(comma, ",").replace(semicolon, ";") for p in parts))
+  return tuple(pairs)
+
+
+def expand_character(name: str) -> list[str]:
+  """kohya's --character_tag_expand: 'chara_(series)' -> ['chara', 'series'], the last parenthesis
+  only ('chara_(costume)_(series)' -> ['chara_(costume)', 'series']); other names unchanged."""
+  head, sep, tail = name.rpartition("(")
+  if name in KAOMOJIS or not sep or not name.endswith(")") or not head.rstrip("_ "):
+    return [name]
+  return [head.rstrip("_ "), tail[:-1]]
+
+
+def escape_parentheses(tag: str) -> str:
+  """For prompts: '(' and ')' are emphasis in WebUI/ComfyUI prompt syntax, so a tag's own are
+  written '\\(' and '\\)' ('ganyu_(genshin_impact)' stays one tag, unweighted)."""
+  return tag.replace("(", "\\(").replace(")", "\\)")
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionStyle:
   separator: str = ", "
@@ -59,29 +93,63 @@ class CaptionStyle:
   always_first: tuple[str, ...] = ()  # moved to the front, in this order, when predicted
   character_first: bool = False  # character tags before general ones (default: after)
   rating: str = "none"  # where the most likely rating tag goes: none | first | last
+  replacements: tuple[tuple[str, str], ...] = ()  # (source, target): source written as target
+  character_expand: bool = False  # 'chara_(series)' -> 'chara', 'series'
+  escape: bool = False  # '(' -> '\\(' for prompt use
+  weights: bool = False  # '(tag:0.95)': the score as a prompt weight
 
   def __post_init__(self):
     if self.rating not in RATING_POSITIONS:
       raise ValueError(f"rating position {self.rating!r}: expected one of {RATING_POSITIONS}")
 
 
-def caption_tags(prediction: Prediction, style: CaptionStyle) -> list[str]:
-  """The tags of one caption, in order, as they will be written."""
+def caption_entries(prediction: Prediction, style: CaptionStyle) -> list[tuple[str, float]]:
+  """(tag as it will be written, score) of one caption, in order, before escaping and weights."""
   groups = [prediction.character, prediction.general] if style.character_first else [prediction.general, prediction.character]
   groups += list(prediction.other.values())
   undesired = {tag_key(t) for t in style.undesired}
-  ordered = list(dict.fromkeys(name for group in groups for name, _ in group if tag_key(name) not in undesired))
-  present = set(ordered)
-  first = [tag_key(t) for t in style.always_first if tag_key(t) in present]
+  scores: dict[str, float] = {}
+  for group in groups:
+    for name, score in group:
+      if tag_key(name) not in undesired:
+        scores.setdefault(name, score)
+  ordered = list(scores)
+  first = [tag_key(t) for t in style.always_first if tag_key(t) in scores]
   ordered = list(dict.fromkeys(first + ordered))
   rating = prediction.rating_tag
-  if style.rating != "none" and rating is not None and tag_key(rating) not in undesired and rating not in present:
+  if style.rating != "none" and rating is not None and tag_key(rating) not in undesired and rating not in scores:
+    scores[rating] = prediction.rating[rating]
     ordered = [rating, *ordered] if style.rating == "first" else [*ordered, rating]
-  return [display_name(t, style.remove_underscore) for t in ordered]
+  characters = {name for name, _ in prediction.character}
+  entries = [(part, scores[name]) for name in ordered for part in shown_names(name, style, character=name in characters)]
+  seen: set[str] = set()  # an expanded series may also be predicted on its own: write it once
+  return [(t, s) for t, s in entries if not (tag_key(t) in seen or seen.add(tag_key(t)))]
+
+
+def shown_names(name: str, style: CaptionStyle, *, character: bool = False) -> list[str]:
+  """How one predicted tag is written: replaced (--tag_replacement), a character expanded into
+  name and series (--character_tag_expand), underscores shown as spaces (--remove_underscore)."""
+  replace = {tag_key(src): dst for src, dst in style.replacements}
+  shown = replace.get(tag_key(name), name)
+  parts = expand_character(shown) if style.character_expand and character else [shown]
+  return [display_name(part, style.remove_underscore) for part in parts]
+
+
+def render_tag(tag: str, score: float, style: CaptionStyle) -> str:
+  shown = escape_parentheses(tag) if style.escape else tag
+  return f"({shown}:{score:.2f})" if style.weights else shown
+
+
+def caption_tags(prediction: Prediction, style: CaptionStyle) -> list[str]:
+  """The tags of one caption, in order, as they will be written."""
+  return [render_tag(t, s, style) for t, s in caption_entries(prediction, style)]
 
 
 def split_caption(text: str, separator: str) -> list[str]:
-  """An existing caption's tags ('a, b,c' with separator ', '; whitespace with separator ' ')."""
+  """An existing caption's tags ('a, b,c' with separator ', '; whitespace with separator ' '; one
+  per line with separator '\\n', where a tag may hold spaces)."""
+  if separator == "\n":
+    return [t.strip() for t in text.splitlines() if t.strip()]
   return [t.strip() for t in text.split(separator.strip() or None) if t.strip()]
 
 
@@ -112,24 +180,25 @@ def normalize_extension(extension: str) -> str:
   return ext
 
 
-def caption_path(image_path: str, extension: str = ".txt") -> str:
-  return os.path.splitext(image_path)[0] + extension
+def caption_path(image_path: str, extension: str = ".txt", fmt: str = "txt") -> str:
+  """`<stem><ext>` beside the image; hydrus sidecars keep the image's name (`img.jpg.txt`)."""
+  return image_path + extension if fmt == "hydrus" else os.path.splitext(image_path)[0] + extension
 
 
-def caption_collisions(files: list[str], extension: str = ".txt") -> list[tuple[str, list[str]]]:
+def caption_collisions(files: list[str], extension: str = ".txt", fmt: str = "txt") -> list[tuple[str, list[str]]]:
   """(caption path, images) for every caption path that more than one image maps to, in file order."""
   by_caption: dict[str, list[str]] = {}
   for path in files:
-    by_caption.setdefault(caption_path(path, extension), []).append(path)
+    by_caption.setdefault(caption_path(path, extension, fmt), []).append(path)
   return [(cap, images) for cap, images in by_caption.items() if len(images) > 1]
 
 
-def check_caption_targets(files: list[str], extension: str = ".txt", *, show: int = 5) -> str:
+def check_caption_targets(files: list[str], extension: str = ".txt", *, fmt: str = "txt", show: int = 5) -> str:
   """Checks, before anything is written, that captions for `files` can be written without losing
   data; returns the normalised extension. ValueError for a bad extension or for two images sharing
   one caption path (listing the first `show`), PermissionError for a folder that is not writable."""
   extension = normalize_extension(extension)
-  collisions = caption_collisions(files, extension)
+  collisions = caption_collisions(files, extension, fmt)
   if collisions:
     # The colliding images share a folder and a stem, so their names alone say which they are.
     listed = "; ".join(f"{cap} <- {', '.join(os.path.basename(i) for i in images)}"
@@ -140,7 +209,7 @@ def check_caption_targets(files: list[str], extension: str = ".txt", *, show: in
                      "folders separately")
   # os.access, not a trial write: the check must not touch the folder. It sees read-only mounts
   # and permissions (not a full disk: writes that still fail are reported per image).
-  for folder in sorted({os.path.dirname(os.path.abspath(caption_path(p, extension))) for p in files}):
+  for folder in sorted({os.path.dirname(os.path.abspath(caption_path(p, extension, fmt))) for p in files}):
     if not os.access(folder, os.W_OK):
       raise PermissionError(f"{folder}: folder is not writable, so no caption could be written there; "
                             "fix its permissions or copy the images somewhere writable")
@@ -148,10 +217,12 @@ def check_caption_targets(files: list[str], extension: str = ".txt", *, show: in
 
 
 def write_caption(image_path: str, tags: list[str], style: CaptionStyle, *, extension: str = ".txt",
-                  append: bool = False) -> str:
-  """Writes (or, with `append`, extends) the caption of `image_path`; returns its path.
-  CaptionNotUTF8 (file untouched) when appending to a caption that is not UTF-8."""
-  path = caption_path(image_path, extension)
+                  append: bool = False, fmt: str = "txt") -> str:
+  """Writes (or, with `append`, extends) the caption of `image_path`; returns its path. A hydrus
+  sidecar (fmt='hydrus') holds one tag per line. CaptionNotUTF8 (file untouched) when appending
+  to a caption that is not UTF-8."""
+  path = caption_path(image_path, extension, fmt)
+  separator = "\n" if fmt == "hydrus" else style.separator
   if append and os.path.exists(path):
     with open(path, "rb") as f:
       raw = f.read()
@@ -160,34 +231,6 @@ def write_caption(image_path: str, tags: list[str], style: CaptionStyle, *, exte
     except UnicodeDecodeError as e:
       # Decoding with errors='replace' and writing back would turn every non-ASCII tag into U+FFFD.
       raise CaptionNotUTF8(f"{path} is not UTF-8 ({e}); left untouched, convert it to UTF-8 to append") from e
-    tags = merge_caption(existing, tags, style.separator)
-  atomic_write_text(path, style.separator.join(tags) + "\n")
+    tags = merge_caption(existing, tags, separator)
+  atomic_write_text(path, separator.join(tags) + "\n")
   return path
-
-
-def tag_files(tagger: Any, files: list[str], style: CaptionStyle, *, thresholds: Any = None,
-              mcut: bool = False, extension: str = ".txt", append: bool = False,
-              show_progress: bool = True) -> dict[str, Any]:
-  """Captions `files` with `tagger`; returns {'tagged': n, 'skipped': [(path, message)], 'seconds': s}.
-  Unreadable images, captions that cannot be written and (in append mode) existing captions that
-  are not UTF-8 are listed, never fatal. Targets that would lose data fail first
-  (`check_caption_targets`), before any image is decoded or caption written."""
-  extension = check_caption_targets(files, extension)
-  skipped: list[tuple[str, str]] = []
-  tagged = 0
-  start = time.perf_counter()
-  with progress.bar(len(files), unit="img", enabled=show_progress) as bar:
-    for result in tagger.iter_predict(files, thresholds=thresholds, mcut=mcut, skip_errors=True):
-      if result.error is not None:
-        skipped.append((result.source, str(result.error)))
-      else:
-        try:
-          write_caption(result.source, caption_tags(result.prediction, style), style, extension=extension,
-                        append=append)
-          tagged += 1
-        except OSError as e:  # a full disk, a caption path that is a folder: report and go on
-          skipped.append((result.source, f"cannot write caption: {e}"))
-        except CaptionNotUTF8 as e:
-          skipped.append((result.source, str(e)))
-      bar.update(1)
-  return {"tagged": tagged, "skipped": skipped, "seconds": time.perf_counter() - start}

@@ -4,7 +4,8 @@ The contract those tools rely on (SmilingWolf's wd-tagger space, kohya's
 tag_images_by_wd14_tagger.py, the WebUI / ComfyUI WD14 plugins): `model.onnx` next to
 `selected_tags.csv`; one input [batch, H, W, 3] float32, BGR, 0-255, already padded to a white
 square and resized (tools read H and W from the input's shape); the first output [batch, tags]
-holds sigmoid probabilities in `selected_tags.csv` row order. So the graph starts with BGR -> RGB,
+holds sigmoid probabilities in `selected_tags.csv` row order (a second, `embedding`, holds the
+pooled features; the tools only read the first). So the graph starts with BGR -> RGB,
 our (x - mean) / std and NHWC -> NCHW, and ends with a sigmoid.
 
 The graph is written from the model's own definition (`NFNetConfig` + params) with `onnx.helper`
@@ -34,6 +35,7 @@ from sw_zoo.models.nfnet import NFNetConfig, Stem, stem_plan
 OPSET = 17  # onnxruntime >= 1.11; HardSwish needs 14. GELU is written with Erf (Gelu is opset 20).
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+EMBEDDING_NAME = "embedding"
 
 
 class _Graph:
@@ -209,10 +211,15 @@ class _Builder:
     logits = g.op("Gemm", [pooled, g.const(np.asarray(head["kernel"], np.float32), "head/w"),
                            g.const(np.asarray(head["bias"], np.float32), "head/b")], "logits")
     g.nodes.append(onnx.helper.make_node("Sigmoid", [logits], [OUTPUT_NAME], name=OUTPUT_NAME))
+    # A second output, after the scores WD tools read as output 0: the pooled features, so the
+    # onnxruntime backend of `Tagger` can embed images (search index, near-duplicates) too.
+    g.nodes.append(onnx.helper.make_node("Identity", [pooled], [EMBEDDING_NAME], name=EMBEDDING_NAME))
+    num_features = int(np.shape(head["kernel"])[0])
     graph = onnx.helper.make_graph(
         g.nodes, "sw_zoo_tagger",
         [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", image_size, image_size, 3])],
-        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["batch", num_classes])],
+        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["batch", num_classes]),
+         onnx.helper.make_tensor_value_info(EMBEDDING_NAME, onnx.TensorProto.FLOAT, ["batch", num_features])],
         initializer=g.initializers)
     return graph
 
@@ -241,8 +248,10 @@ def to_onnx(cfg: NFNetConfig, params: dict[str, Any], *, image_size: int, metada
   return model
 
 
-def bundle_to_onnx_bytes(bundle) -> bytes:
-  """model.onnx bytes for a loaded `Bundle`."""
+def bundle_to_onnx_bytes(bundle, *, metadata: dict[str, str] | None = None) -> bytes:
+  """model.onnx bytes for a loaded `Bundle` (graph at `bundle.image_size`: NFNet has no
+  position-dependent params, so any size works); `metadata`: more metadata_props entries (the
+  export's tag layout, its precision report)."""
   from sw_zoo.models import model_config
 
   spec = bundle.spec
@@ -253,5 +262,6 @@ def bundle_to_onnx_bytes(bundle) -> bytes:
       "sw_zoo.input": "NHWC float32 BGR 0-255, padded to a white square and resized to image_size",
       "sw_zoo.output": "sigmoid scores in selected_tags.csv row order",
       "sw_zoo.thresholds": json.dumps(bundle.thresholds),
+      **dict(metadata or {}),
   }
   return to_onnx(cfg, bundle.params, image_size=bundle.image_size, metadata=metadata).SerializeToString()

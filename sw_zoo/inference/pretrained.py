@@ -186,12 +186,14 @@ def _move_contents(src: str, dst: str) -> None:
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, cache_dir: str | None = None, offline: bool | None = None,
-                    **tagger_options: Any):
+                    backend: str = "auto", **tagger_options: Any):
   """A `Tagger` for a bundle directory or a registered name (see the module docstring).
 
-  `tagger_options` go to `Tagger` (batch_size, dtype, num_workers, device).
+  `backend`: 'auto' (the faster one available here: onnxruntime when JAX runs on the CPU and it
+  is installed, else JAX), 'jax' or 'onnx'. `tagger_options` go to `Tagger` (batch_size, dtype,
+  num_workers, device).
   """
   from sw_zoo.inference.tagger import Tagger  # jax is imported only when a model is actually loaded
 
   path = resolve(name_or_path, cache_dir=cache_dir, offline=offline)
-  return Tagger(bundle_lib.read_bundle(path), **tagger_options)
+  return Tagger(bundle_lib.read_bundle(path), backend=backend, **tagger_options)

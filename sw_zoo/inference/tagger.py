@@ -11,10 +11,11 @@ grey, [H, W, 4] RGBA, or a [N, H, W, 3] stack). Files are read as everywhere els
 (`image_io.load_image`: EXIF orientation, transparency onto white) and every image goes through
 `preprocess_eval`, the function evaluation uses, so scores match what validation measured.
 
-Images are decoded and preprocessed on a thread pool while the device runs the previous batch.
-The forward pass is one jitted function, compiled once per batch shape: full batches run at
-`batch_size`, and a smaller batch (the last one, or a call with fewer images) is padded up to
-the next power of two, so at most log2(batch_size) + 1 shapes ever compile.
+Images are decoded and preprocessed on a thread pool while the backend runs the previous batch.
+The forward pass (`backends`) is the model's own JAX code, jitted and compiled once per batch
+shape (full batches at `batch_size`, a smaller one padded up to the next power of two), or the
+exported graph in onnxruntime, which `load_pretrained` picks on a CPU where it is installed.
+`tta="flip"` averages each image's scores with its mirror's, as `sw-zoo eval --tta flip`.
 """
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jax
 import numpy as np
 from PIL import Image
 
 from sw_zoo.evaluation import metrics
 from sw_zoo.evaluation.thresholds import DEFAULT_THRESHOLD
+from sw_zoo.inference import backends
 from sw_zoo.inference.bundle import Bundle, read_bundle
 from sw_zoo.data import image_io
 from sw_zoo.data import vocab as vocab_lib
@@ -54,6 +55,14 @@ class Prediction:
   def rating_tag(self) -> str | None:
     """The most likely rating, if the model has ratings."""
     return max(self.rating, key=self.rating.get) if self.rating else None
+
+  def to_json(self) -> dict[str, Any]:
+    """{'rating': {tag: score}, 'general': {..}, 'character': {..}, 'other': {category: {..}}},
+    each ordered by score, highest first (what `sw-zoo serve` and `sw-zoo tag --output_path` write)."""
+    ranked = lambda pairs: {name: round(float(score), 6) for name, score in pairs}  # noqa: E731
+    return {"rating": ranked(sorted(self.rating.items(), key=lambda kv: -kv[1])),
+            "general": ranked(self.general), "character": ranked(self.character),
+            "other": {category: ranked(pairs) for category, pairs in self.other.items()}}
 
 
 @dataclasses.dataclass
@@ -96,37 +105,38 @@ class Tagger:
   Args:
     bundle: a loaded `Bundle` (or use `Tagger.from_bundle(path)` / `load_pretrained`).
     batch_size: images per forward pass.
-    dtype: compute dtype; default float32 on the CPU (XLA:CPU has no fast bfloat16 convs), the
+    backend: 'jax', 'onnx' (onnxruntime on the bundle's model.onnx, or on the graph built from its
+      params) or 'auto' (onnxruntime when JAX runs on the CPU and it is installed; see
+      `backends.choose`).
+    dtype: JAX compute dtype; default float32 on the CPU (XLA:CPU has no fast bfloat16 convs), the
       dtype the model was trained with elsewhere.
     num_workers: threads decoding and preprocessing images (default: min(4, CPU count)).
     device: a jax device (default: the first device of the default backend).
   """
 
-  def __init__(self, bundle: Bundle, *, batch_size: int = 16, dtype: Any = None, num_workers: int | None = None,
-               device: Any = None):
+  def __init__(self, bundle: Bundle, *, batch_size: int = 16, backend: str = "jax", dtype: Any = None,
+               num_workers: int | None = None, device: Any = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     self.bundle = bundle
     self.batch_size = int(batch_size)
     self.num_workers = num_workers or min(4, os.cpu_count() or 1)
-    self.device = device or jax.devices()[0]
-    if dtype is None:
-      dtype = "float32" if self.device.platform == "cpu" else bundle.spec.dtype
-    self.model = bundle.spec.create(dtype=dtype)
-    self.params = jax.device_put(bundle.params, self.device)
-    model = self.model
-
-    def forward(params, images):
-      features = model.apply({"params": params}, images, train=False, return_features=True)
-      return jax.nn.sigmoid(features["logits"]), features["pooled"]
-
-    self._forward = jax.jit(forward)
+    self.forward = backends.make_forward(bundle, backend, dtype=dtype, device=device)
     tags = bundle.tags
     self._names = np.asarray(tags.names, dtype=object)
     self._by_category: dict[str, np.ndarray] = {}
     for code in dict.fromkeys(int(c) for c in tags.categories):
       name = vocab_lib.category_name(code)
       self._by_category[name] = tags.category_indices(code)
+
+  @property
+  def backend(self) -> str:
+    return self.forward.name
+
+  @property
+  def params(self) -> Any:
+    """The JAX backend's params on its device (the onnx backend has its weights in the graph)."""
+    return getattr(self.forward, "params", None)
 
   @classmethod
   def from_bundle(cls, path: str | os.PathLike, **options: Any) -> "Tagger":
@@ -142,7 +152,11 @@ class Tagger:
 
   @property
   def embedding_dim(self) -> int:
-    return self.model.cfg.num_features
+    dim = self.forward.embedding_dim
+    if dim is None:
+      raise ValueError(f"{self.bundle.path}: its model.onnx has no embedding output (exported before it "
+                       "existed); re-export it, or use backend='jax' to embed")
+    return int(dim)
 
   def preprocess(self, source: Any) -> np.ndarray:
     """Exactly what the model is fed for `source`: uint8 [image_size, image_size, 3] RGB."""
@@ -150,23 +164,31 @@ class Tagger:
 
   # ---- Batched forward passes --------------------------------------------------------------
 
-  def _padded_size(self, n: int) -> int:
-    return self.batch_size if n >= self.batch_size else min(self.batch_size, 1 << (n - 1).bit_length())
+  def scores_of_batch(self, images: np.ndarray, *, tta: str | None = None) -> np.ndarray:
+    """Sigmoid scores float32 [N, num_tags] of already preprocessed images (uint8
+    [N, image_size, image_size, 3], as `preprocess` makes them), in one forward pass per
+    `batch_size` images. Thread-safe: a server may call it from worker threads."""
+    flip = backends.check_tta(tta)
+    images = np.asarray(images)
+    want = (self.image_size, self.image_size, 3)
+    if images.ndim != 4 or images.shape[1:] != want or images.dtype != np.uint8:
+      raise ValueError(f"expected uint8 images [N, {want[0]}, {want[1]}, 3], got {images.dtype} {list(images.shape)}")
+    parts = [self.forward.launch(images[i:i + self.batch_size], batch_size=self.batch_size, flip=flip).result()[0]
+             for i in range(0, len(images), self.batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(self.tags)), np.float32)
 
-  def _launch(self, chunk: list[tuple[Any, np.ndarray | None, Exception | None]]):
+  def _launch(self, chunk: list[tuple[Any, np.ndarray | None, Exception | None]], flip: bool):
     images = [image for _, image, _ in chunk if image is not None]
     if not images:
-      return chunk, None, 0
-    batch = np.zeros((self._padded_size(len(images)), self.image_size, self.image_size, 3), np.uint8)
-    batch[:len(images)] = images
-    # Dispatch is asynchronous: the device works while the next batch is decoded.
-    return chunk, self._forward(self.params, jax.device_put(batch, self.device)), len(images)
+      return chunk, None
+    # Asynchronous: the backend works while the next batch is decoded.
+    return chunk, self.forward.launch(np.stack(images), batch_size=self.batch_size, flip=flip)
 
   @staticmethod
   def _finish(launched) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, Exception | None]]:
-    chunk, outputs, n = launched
-    if outputs is not None:
-      probs, pooled = (np.asarray(x)[:n] for x in outputs)
+    chunk, pending = launched
+    if pending is not None:
+      probs, pooled = pending.result()
     row = 0
     for source, image, error in chunk:
       if image is None:
@@ -175,8 +197,9 @@ class Tagger:
         yield source, probs[row], pooled[row], None
         row += 1
 
-  def _stream(self, sources: Iterable[Any], skip_errors: bool):
+  def _stream(self, sources: Iterable[Any], skip_errors: bool, tta: str | None = None):
     """(source, scores, pooled, error) per source, in input order."""
+    flip = backends.check_tta(tta)
     src_iter = iter(sources)
     pending: collections.deque = collections.deque()
     lookahead = 2 * self.batch_size
@@ -202,18 +225,18 @@ class Tagger:
             raise
           chunk.append((source, None, e))
         if valid == self.batch_size:
-          launched = self._launch(chunk)
+          launched = self._launch(chunk, flip)
           if in_flight is not None:
             yield from self._finish(in_flight)
           in_flight, chunk, valid = launched, [], 0
-      last = self._launch(chunk) if chunk else None
+      last = self._launch(chunk, flip) if chunk else None
       for launched in (in_flight, last):
         if launched is not None:
           yield from self._finish(launched)
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
-  def iter_keyed(self, items: Iterable[tuple[Any, Any]], *, skip_errors: bool = False
+  def iter_keyed(self, items: Iterable[tuple[Any, Any]], *, skip_errors: bool = False, tta: str | None = None
                  ) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, Exception | None]]:
     """Streams (key, scores [num_tags], pooled features [embedding_dim], error) for (key, input)
     pairs, in input order, for inputs too many to hold at once (a shard set, a large folder);
@@ -226,18 +249,20 @@ class Tagger:
         keys.append(key)
         yield source
 
-    for _, scores, pooled, error in self._stream(sources(), skip_errors):
+    for _, scores, pooled, error in self._stream(sources(), skip_errors, tta):
       yield keys.popleft(), scores, pooled, error
 
-  def scores(self, inputs: Any) -> np.ndarray:
-    """Raw sigmoid scores, float32 [N, num_tags] ([num_tags] for one input)."""
+  def scores(self, inputs: Any, *, tta: str | None = None) -> np.ndarray:
+    """Raw sigmoid scores, float32 [N, num_tags] ([num_tags] for one input). tta='flip': the
+    mean of each image's and its mirror's (as `sw-zoo eval --tta flip`)."""
     single = _is_single(inputs)
-    rows = [s for _, s, _, _ in self._stream([inputs] if single else inputs, skip_errors=False)]
+    rows = [s for _, s, _, _ in self._stream([inputs] if single else inputs, skip_errors=False, tta=tta)]
     out = np.stack(rows) if rows else np.zeros((0, len(self.tags)), np.float32)
     return out[0] if single else out
 
   def embed(self, inputs: Any) -> np.ndarray:
     """Pooled features (the input of the head), float32 [N, embedding_dim] ([embedding_dim] for one)."""
+    self.embedding_dim  # a graph without the embedding output fails here, before any decoding
     single = _is_single(inputs)
     rows = [p for _, _, p, _ in self._stream([inputs] if single else inputs, skip_errors=False)]
     out = np.stack(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
@@ -293,20 +318,24 @@ class Tagger:
                       other=kept)
 
   def iter_predict(self, sources: Iterable[Any], *, thresholds: Thresholds = None, mcut: bool = False,
-                   top_k: int | None = None, skip_errors: bool = False) -> Iterator[TagResult]:
+                   top_k: int | None = None, skip_errors: bool = False, tta: str | None = None
+                   ) -> Iterator[TagResult]:
     """Streams TagResults in input order (any iterable of inputs, e.g. a folder walk). With
     `skip_errors`, an unreadable input yields a result with its error instead of raising."""
     self.thresholds_for(thresholds)  # a bad threshold fails before any work
-    for source, scores, _, error in self._stream(sources, skip_errors):
+    backends.check_tta(tta)
+    for source, scores, _, error in self._stream(sources, skip_errors, tta):
       prediction = None if scores is None else self.decide(scores, thresholds=thresholds, mcut=mcut, top_k=top_k)
       yield TagResult(source, prediction, error)
 
   def predict(self, inputs: Any, *, thresholds: Thresholds = None, mcut: bool = False,
-              top_k: int | None = None) -> Prediction | list[Prediction]:
+              top_k: int | None = None, tta: str | None = None) -> Prediction | list[Prediction]:
     """Predictions for the inputs (a list), or one Prediction for a single input. `thresholds`:
-    None (the bundle's), a number for every category, or {'general': .., 'character': ..}."""
+    None (the bundle's), a number for every category, or {'general': .., 'character': ..}.
+    tta='flip' averages each image's scores with its mirror's."""
     single = _is_single(inputs)
-    results = self.iter_predict([inputs] if single else inputs, thresholds=thresholds, mcut=mcut, top_k=top_k)
+    results = self.iter_predict([inputs] if single else inputs, thresholds=thresholds, mcut=mcut, top_k=top_k,
+                                tta=tta)
     predictions = [r.prediction for r in results]
     return predictions[0] if single else predictions
 
