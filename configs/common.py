@@ -141,6 +141,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.threshold = 0.4  # score threshold for the F1 logged during training
   c.eval.batch_size = 0  # global; 0: same as batch_size
   c.eval.num_sample_predictions = 8  # validation images logged to W&B with their predicted tags
+  # Thresholds the run's bundle carries, chosen on the final validation pass: best_f1 | p_eq_r
+  # per category, or none (eval.threshold everywhere). `sw-zoo tag` / Tagger use them by default.
+  c.eval.tune_thresholds = "best_f1"
+  # > 0: also a best-F1 threshold per tag with at least this many validation positives (rarer
+  # tags keep their category's); 0: per category only.
+  c.eval.per_tag_min_count = 0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000

@@ -159,6 +159,9 @@ def _prepare(source: Source, out_dir: str, options: PrepareOptions, *, workers: 
   report = report_lib.build_report(out_dir, source.kind, scanned, written, resumed=len(done),
                                    start=start)
   report["tags"].update(pruned)
+  orphans = getattr(source, "orphan_captions", None)  # sources with sidecar files (folder)
+  if orphans is not None:
+    report["orphan_captions"] = report_lib.orphan_entry(orphans())
   # Pruned tags were selected (and are reported as dropped), not "not selected".
   report["tags"]["not_selected"] -= sum(scanned.counts[n] for n in pruned["dropped_unused"])
   atomic_write_text(os.path.join(out_dir, REPORT_FILENAME), json.dumps(report, indent=1) + "\n")

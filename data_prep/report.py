@@ -51,6 +51,11 @@ def build_report(out_dir: str, source_kind: str, scanned: Scan, written: Written
   }
 
 
+def orphan_entry(orphans: list[dict[str, str]], *, show: int = 1000) -> dict[str, Any]:
+  """report.json's `orphan_captions`: the count and the first `show` files with their hints."""
+  return {"count": len(orphans), "examples": orphans[:show]}
+
+
 def print_summary(out_dir: str, report: dict) -> None:
   """A few lines on stdout: counts written, skipped and excluded, and where the details are."""
   written = ", ".join(f"{s} {n}" for s, n in report["written"].items())
@@ -62,6 +67,11 @@ def print_summary(out_dir: str, report: dict) -> None:
   if report["excluded"]:
     print("excluded by design: " +
           ", ".join(f"{k} {v}" for k, v in sorted(report["excluded"].items())))
+  orphans = report.get("orphan_captions")
+  if orphans:
+    first = orphans["examples"][0]
+    print(f"{orphans['count']} tag files have no image next to them, so their tags were not used "
+          f"(e.g. {first['path']}: {first['hint']}); all listed in report.json")
   dropped = report["tags"].get("dropped_unused")
   if dropped:
     print(f"dropped {len(dropped)} tags whose training images were all unreadable: "

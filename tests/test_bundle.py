@@ -253,7 +253,10 @@ def test_training_writes_a_bundle_and_transfer_starts_from_it(source_run, tmp_pa
   bundle_dir = os.path.join(source_run, "bundle")
   b = bundle_lib.read_bundle(bundle_dir)
   assert b.config["source"]["step"] == 3 and b.config["source"]["weights"] == "params"
-  assert b.config["thresholds"]["default"] == 0.4 and b.spec.name == "tiny" and b.image_size == 32
+  # Thresholds tuned on the final validation pass (configs/common.py: eval.tune_thresholds=best_f1).
+  assert b.config["thresholds"]["method"] == "best_f1" and b.config["thresholds"]["split"] == "validation"
+  assert set(b.config["thresholds"]["by_category"]) <= {"rating", "general", "character"}
+  assert b.spec.name == "tiny" and b.image_size == 32
   before = traverse_util.flatten_dict(b.params, sep="/")
   final = _restore_params(source_run, 3)
   assert before.keys() == final.keys() and all(np.array_equal(before[k], final[k]) for k in final)

@@ -89,6 +89,12 @@ def folder(tmp_path_factory):
   (root / "a" / "uncaptioned.jpg").write_bytes(_jpeg(51))
   (root / "a" / "notags.jpg").write_bytes(_jpeg(52))
   (root / "a" / "notags.txt").write_text("  \n")
+  # Tag files no image claims: an unsupported extension (both naming styles), a vanished image.
+  (root / "a" / "typo.jpe").write_bytes(_jpeg(53))
+  (root / "a" / "typo.txt").write_text("1girl")
+  (root / "a" / "clip.heic").write_bytes(b"not decoded")
+  (root / "a" / "clip.heic.txt").write_text("1girl")
+  (root / "b" / "gone.txt").write_text("1girl")
   bad = {("truncated_image", "a/truncated.jpg"), ("empty_file", "a/empty.png"),
          ("bad_caption_encoding", "a/latin1.jpg"), ("no_caption", "a/uncaptioned.jpg"),
          ("no_tags", "a/notags.jpg")}
@@ -126,6 +132,11 @@ def test_folder_records_labels_and_report(folder, folder_out):
   with open(os.path.join(out, "report.json")) as f:
     assert json.load(f)["skipped"] == report["skipped"]
   assert not os.path.exists(os.path.join(out, convert.PROGRESS_DIR))
+  orphans = {os.path.relpath(e["path"], folder[0]): e["hint"] for e in report["orphan_captions"]["examples"]}
+  assert report["orphan_captions"]["count"] == 3 and orphans == {
+      "a/clip.heic.txt": "clip.heic is beside it, but .heic is not an image type sw_zoo reads",
+      "a/typo.txt": "typo.jpe is beside it, but .jpe is not an image type sw_zoo reads",
+      "b/gone.txt": "no file of that name is beside it (a renamed or deleted image?)"}
 
 
 def test_same_inputs_give_identical_bytes_and_rerun_is_a_noop(folder, folder_out, tmp_path):
@@ -385,6 +396,7 @@ def test_cli_prepare_and_inspect(folder, tmp_path, capsys):
                    "--top-k", "general=3"]) == 0
   printed = capsys.readouterr().out
   assert "prepared" in printed and "no_caption 1" in printed
+  assert "3 tag files have no image next to them" in printed and "clip.heic.txt" in printed
   info = dataset_info.read_dataset_info(out)
   assert info["generator"]["options"]["image_format"] == "webp"
   assert info["num_labels"] == 4 + 3

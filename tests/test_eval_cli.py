@@ -40,6 +40,9 @@ def bundle(trained_run, tiny_data, tmp_path_factory):  # noqa: F811
 @pytest.mark.slow
 def test_eval_writes_summary_csv_plots_and_table(trained_run, tiny_data, tmp_path, capsys):  # noqa: F811
   out = str(tmp_path / "eval")
+  run_bundle = os.path.join(trained_run, "bundle")
+  # The trainer tuned its bundle's thresholds on its final validation pass (eval.tune_thresholds).
+  tuned_by_trainer = json.load(open(os.path.join(run_bundle, "config.json")))["thresholds"]
   assert cli.main(["eval", trained_run, "--data", tiny_data, "--out", out, "--no-progress"]) == 0
   printed = capsys.readouterr().out
   for name in ("eval_summary.json", "per_tag.csv", "thresholds.json", "pr_curve.png", "f1_vs_threshold.png",
@@ -66,9 +69,9 @@ def test_eval_writes_summary_csv_plots_and_table(trained_run, tiny_data, tmp_pat
   thresholds = json.load(open(os.path.join(out, "thresholds.json")))
   assert thresholds["method"] == "best_f1" and thresholds["default"] == summary["best_threshold"]
   assert thresholds["by_category"]["general"] == summary["categories"]["general"]["best_threshold"]
-  run_bundle = os.path.join(trained_run, "bundle")
-  if os.path.isdir(run_bundle):  # the trainer's bundle of the same weights gets the thresholds too
-    assert json.load(open(os.path.join(run_bundle, "config.json")))["thresholds"] == thresholds
+  # ... exactly what `sw-zoo eval` suggests on the same split, which it writes into that bundle too.
+  assert tuned_by_trainer == thresholds
+  assert json.load(open(os.path.join(run_bundle, "config.json")))["thresholds"] == thresholds
 
 
 @pytest.mark.slow

@@ -232,3 +232,29 @@ def test_scores_of_batch_and_prediction_json(tagger):
   assert list(j["rating"]) == list(p.rating) and list(j["general"]) == [t for t, _ in p.general]
   assert list(j["general"].values()) == sorted(j["general"].values(), reverse=True)
   assert set(j) == {"rating", "general", "character", "other"}
+
+
+def test_per_tag_thresholds_from_the_bundle_and_their_overrides(bundle_dir, tmp_path):
+  """A bundle whose training tuned per-tag thresholds (`eval.per_tag_min_count`): they apply by
+  default; thresholds the caller gives for a category replace them there, a number everywhere."""
+  import json
+  import shutil
+
+  tuned = tmp_path / "tuned"
+  shutil.copytree(bundle_dir, tuned)
+  config = json.loads((tuned / "config.json").read_text())
+  config["thresholds"] = {"method": "best_f1", "default": 0.5, "by_category": {"general": 0.5, "character": 0.5},
+                          "by_tag": {"smile": 1.0, "long_hair": 0.0, "char_alpha": 0.0}, "per_tag_min_count": 5}
+  (tuned / "config.json").write_text(json.dumps(config))
+  t = Tagger.from_bundle(tuned, batch_size=4)
+  image = sample_images(1, seed=8)[0]
+  scores = dict(zip(t.tags.names, t.scores(image)))
+  general = {n for n, _ in t.predict(image).general}
+  assert "smile" not in general and "long_hair" in general and dict(t.predict(image).character).keys() >= {"char_alpha"}
+  assert general - {"long_hair"} == {n for n in GENERAL if n not in ("smile", "long_hair") and scores[n] >= 0.5}
+  assert {n for n, _ in t.predict(image, thresholds={"general": 0.5}).general} == {
+      n for n in GENERAL if scores[n] >= 0.5}  # the general override replaces the general per-tag ones ...
+  assert "char_alpha" in dict(t.predict(image, thresholds={"general": 0.5}).character)  # ... not the others
+  assert {n for n, _ in t.predict(image, thresholds=0.5).general} == {n for n in GENERAL if scores[n] >= 0.5}
+  limits = t.tag_thresholds()
+  assert limits[t.tags.names.index("smile")] == 1.0 and limits[t.tags.names.index("red_eyes")] == 0.5

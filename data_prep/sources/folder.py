@@ -14,7 +14,7 @@ import os
 from typing import Any, Iterator
 
 from data_prep.sources import BAD_CAPTION_ENCODING, NO_CAPTION, SourceItem
-from sw_zoo.data.image_files import iter_images
+from sw_zoo.data.image_files import is_image_name, iter_files, iter_images
 from data_prep.tags import RawTag, parse_tag_string
 
 
@@ -43,6 +43,33 @@ class FolderSource:
       if os.path.isfile(candidate):
         return candidate
     return None
+
+  def orphan_captions(self) -> list[dict[str, str]]:
+    """Tag files no image claims ({"path", "hint"}), in walk order: their tags would be lost
+    without a word. The usual cause is an image whose extension is mistyped or not supported
+    (`post.jpe` beside `post.txt`); the hint names such a file when there is one."""
+    claimed, captions, by_stem = set(), [], {}
+    for path in iter_files(self.root, exclude=self.exclude):
+      if is_image_name(os.path.basename(path)):
+        claimed.update((os.path.splitext(path)[0] + self.caption_ext, path + self.caption_ext))
+      elif path.endswith(self.caption_ext):
+        captions.append(path)
+      else:
+        by_stem.setdefault(os.path.splitext(path)[0], []).append(path)
+    orphans = []
+    for path in captions:
+      if path in claimed:
+        continue
+      stem = path[:-len(self.caption_ext)]
+      # `post.jpe` beside `post.txt` (same stem), or `post.jpe.txt` whose image is `post.jpe`.
+      near = by_stem.get(stem, []) + [p for p in by_stem.get(os.path.splitext(stem)[0], []) if p == stem]
+      if near:
+        ext = os.path.splitext(near[0])[1] or "(no extension)"
+        hint = f"{os.path.basename(near[0])} is beside it, but {ext} is not an image type sw_zoo reads"
+      else:
+        hint = "no file of that name is beside it (a renamed or deleted image?)"
+      orphans.append({"path": path, "hint": hint})
+    return orphans
 
   def __iter__(self) -> Iterator[SourceItem]:
     for path in self._image_paths():

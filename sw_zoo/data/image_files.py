@@ -15,13 +15,19 @@ def is_image_name(name: str) -> bool:
   return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def iter_images(root: str, *, recursive: bool = True, exclude: str | None = None) -> Iterator[str]:
-  """Image paths under `root` in a stable order (folders walked sorted, files sorted within a
+def iter_files(root: str, *, recursive: bool = True, exclude: str | None = None) -> Iterator[str]:
+  """Every file under `root` in a stable order (folders walked sorted, files sorted within a
   folder); hidden files and folders, and the folder `exclude` (e.g. an output directory inside
   the tree), are skipped."""
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                          and os.path.join(dirpath, d) != exclude) if recursive else []
     for name in sorted(filenames):
-      if is_image_name(name):
+      if not name.startswith("."):
         yield os.path.join(dirpath, name)
+
+
+def iter_images(root: str, *, recursive: bool = True, exclude: str | None = None) -> Iterator[str]:
+  """The image files among `iter_files`, in the same order."""
+  return (path for path in iter_files(root, recursive=recursive, exclude=exclude)
+          if is_image_name(os.path.basename(path)))

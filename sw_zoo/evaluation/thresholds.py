@@ -5,7 +5,8 @@
    "by_category": {"rating": 0.5, "general": 0.35, "character": 0.85},
    "split": "validation", "bins": 1024}
 
-A consumer picks `by_category[category name]`, else `default`. Category names are those of
+A consumer picks `by_tag[tag name]` (present only when per-tag thresholds were asked for), else
+`by_category[category name]`, else `default`. Category names are those of
 `sw_zoo.data.vocab.CATEGORY_NAMES` (unknown codes: "category_<code>").
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ import math
 import os
 from typing import Any
 
+from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.data.atomic_file import atomic_write_text
+from sw_zoo.evaluation import report
 from sw_zoo.evaluation.report import ALL
 
 # The threshold used when nothing else sets one (a bundle without thresholds, `sw-zoo eval` of a
@@ -24,6 +27,7 @@ from sw_zoo.evaluation.report import ALL
 DEFAULT_THRESHOLD = 0.35
 
 METHODS = {"best_f1": "best_threshold", "p_eq_r": "p_eq_r_threshold"}
+TUNE_METHODS = ("best_f1", "p_eq_r", "none")  # config.eval.tune_thresholds
 
 
 def suggest(categories: dict[str, dict[str, Any]], *, method: str, split: str, bins: int) -> dict[str, Any]:
@@ -37,6 +41,42 @@ def suggest(categories: dict[str, dict[str, Any]], *, method: str, split: str, b
   default = categories[ALL][key]
   return {"method": method, "default": None if math.isnan(default) else float(default),
           "by_category": by_category, "split": split, "bins": int(bins)}
+
+
+def with_per_tag(thresholds: dict[str, Any], rep: Any, tags: vocab_lib.TagVocab, *, min_count: int) -> dict[str, Any]:
+  """`thresholds` plus `by_tag`: each tag's best-F1 threshold (`rep.per_tag`), for tags with at
+  least `min_count` positives in the split (fewer make a noisy choice; those keep their
+  category's). Ratings are left out: they are reported as scores, not cut."""
+  if min_count <= 0:
+    return thresholds
+  best, support = rep.per_tag["best_threshold"], rep.per_tag["support"]
+  by_tag = {name: round(float(best[i]), 6) for i, name in enumerate(tags.names)
+            if support[i] >= min_count and not math.isnan(best[i])
+            and int(tags.categories[i]) != vocab_lib.CATEGORY_RATING}
+  return {**thresholds, "by_tag": by_tag, "per_tag_min_count": int(min_count)}
+
+
+def tune(stats: dict[str, Any], tags: vocab_lib.TagVocab, *, method: str, per_tag_min_count: int,
+         threshold: float, bins: int, split: str = "validation") -> dict[str, Any] | None:
+  """The `thresholds` entry of a run's bundle from its final validation pass's stats (host
+  arrays): `method` per category (plus per tag, see `with_per_tag`), or None for method 'none'
+  or a split without a single positive (nothing to tune on)."""
+  if method not in TUNE_METHODS:
+    raise ValueError(f"threshold tuning {method!r}: expected one of {TUNE_METHODS}")
+  if method == "none":
+    return None
+  rep = report.summarise(stats, tags, threshold=threshold)
+  tuned = suggest(rep.categories, method=method, split=split, bins=bins)
+  if tuned["default"] is None:
+    return None
+  return with_per_tag(tuned, rep, tags, min_count=per_tag_min_count)
+
+
+def describe(thresholds: dict[str, Any]) -> str:
+  """'best_f1 thresholds (general 0.312, character 0.705, 40 per-tag)' for logs."""
+  shown = ", ".join(f"{k} {v:.3f}" for k, v in thresholds["by_category"].items() if k != "rating")
+  per_tag = f", {len(thresholds['by_tag'])} per-tag" if thresholds.get("by_tag") else ""
+  return f"{thresholds['method']} thresholds ({shown}{per_tag})"
 
 
 def update_bundle(config_path: str, thresholds: dict[str, Any]) -> bool:

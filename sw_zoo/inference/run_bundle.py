@@ -37,8 +37,10 @@ from sw_zoo.evaluation.thresholds import DEFAULT_THRESHOLD
 from sw_zoo.models.spec import spec_from_run_config
 
 
-def write_run_bundle(workdir: str, params: Any, config: Any, tags: vocab_lib.TagVocab, *, step: int) -> str | None:
+def write_run_bundle(workdir: str, params: Any, config: Any, tags: vocab_lib.TagVocab, *, step: int,
+                     thresholds: dict[str, Any] | None = None) -> str | None:
   """Writes `<workdir>/bundle` from a finished run's eval params; returns its path on process 0.
+  `thresholds`: the tuned entry (`thresholds.tune`), else config.eval.threshold everywhere.
 
   Collective: every process calls it (the params may be sharded across hosts and are gathered
   first); process 0 writes. A gs:// workdir gets its bundle uploaded with config.json last
@@ -53,7 +55,7 @@ def write_run_bundle(workdir: str, params: Any, config: Any, tags: vocab_lib.Tag
   return bundle_lib.write_bundle(
       run_dir.bundle_dir(workdir), params=host, spec=spec_from_run_config(config, len(tags)),
       image_size=int(config["data"]["image_size"]), tags=tags,
-      thresholds=bundle_lib.threshold_config(float(config["eval"]["threshold"])),
+      thresholds=thresholds or bundle_lib.threshold_config(float(config["eval"]["threshold"])),
       source={"workdir": run_dir.absolute(workdir), "step": int(step), "weights": run_dir.weights_kind(config)})
 
 

@@ -128,6 +128,9 @@ class Tagger:
     for code in dict.fromkeys(int(c) for c in tags.categories):
       name = vocab_lib.category_name(code)
       self._by_category[name] = tags.category_indices(code)
+    self._index = {name: i for i, name in enumerate(tags.names)}
+    self._category_of = [vocab_lib.category_name(int(c)) for c in tags.categories]
+    self._bundle_limits: np.ndarray | None = None
 
   @property
   def backend(self) -> str:
@@ -292,11 +295,34 @@ class Tagger:
     return {name: float(by_category[name]) if by_category.get(name) is not None else default
             for name in self._by_category}
 
+  def tag_thresholds(self, thresholds: Thresholds = None) -> np.ndarray:
+    """The threshold of every output, float32 [num_tags]: its category's (`thresholds_for`), or
+    the tag's own where the bundle has per-tag ones (`by_tag`, tuned at the end of training),
+    unless `thresholds` overrides the tag's category (a number overrides every category)."""
+    if thresholds is None and self._bundle_limits is not None:  # the common case, per image in a server
+      return self._bundle_limits
+    per_category = self.thresholds_for(thresholds)
+    limits = np.zeros(len(self._names), np.float32)
+    for category, index in self._by_category.items():
+      limits[index] = per_category[category]
+    if isinstance(thresholds, (int, float)):
+      return limits
+    overridden = set(thresholds or {}) - {"default"}
+    for name, value in (self.bundle.thresholds.get("by_tag") or {}).items():
+      i = self._index.get(name)
+      if i is not None and self._category_of[i] not in overridden:
+        limits[i] = float(value)
+    if thresholds is None:
+      self._bundle_limits = limits
+    return limits
+
   def decide(self, scores: np.ndarray, *, thresholds: Thresholds = None, mcut: bool = False,
-             top_k: int | None = None) -> Prediction:
+             top_k: int | None = None, limits: np.ndarray | None = None) -> Prediction:
     """A Prediction from one image's scores: ratings reported whole, every other category cut
-    at its threshold (or per image by MCut), at most `top_k` tags per category."""
-    limits = self.thresholds_for(thresholds)
+    at its tags' thresholds (`tag_thresholds`; pass `limits` from it to skip recomputing them
+    per image) or per image by MCut, at most `top_k` tags per category."""
+    if limits is None:
+      limits = self.tag_thresholds(thresholds)
     rating: dict[str, float] = {}
     kept: dict[str, list[tuple[str, float]]] = {}
     for category, index in self._by_category.items():
@@ -311,7 +337,7 @@ class Tagger:
           cut = max(cut, CHARACTER_MCUT_FLOOR)
         keep = values > cut
       else:
-        keep = values >= limits[category]
+        keep = values >= limits[index]
       chosen = [(self._names[index[i]], float(values[i])) for i in order if keep[i]]
       kept[category] = chosen[:top_k] if top_k is not None else chosen
     return Prediction(rating=rating, general=kept.pop("general", []), character=kept.pop("character", []),
@@ -322,10 +348,10 @@ class Tagger:
                    ) -> Iterator[TagResult]:
     """Streams TagResults in input order (any iterable of inputs, e.g. a folder walk). With
     `skip_errors`, an unreadable input yields a result with its error instead of raising."""
-    self.thresholds_for(thresholds)  # a bad threshold fails before any work
+    limits = self.tag_thresholds(thresholds)  # a bad threshold fails before any work
     backends.check_tta(tta)
     for source, scores, _, error in self._stream(sources, skip_errors, tta):
-      prediction = None if scores is None else self.decide(scores, thresholds=thresholds, mcut=mcut, top_k=top_k)
+      prediction = None if scores is None else self.decide(scores, mcut=mcut, top_k=top_k, limits=limits)
       yield TagResult(source, prediction, error)
 
   def predict(self, inputs: Any, *, thresholds: Thresholds = None, mcut: bool = False,

@@ -8,6 +8,7 @@ from typing import Any
 from sw_zoo.data.augment_spec import parse_spec as parse_augment_spec
 from sw_zoo.sharding import RULE_SETS, resolve_rules
 from sw_zoo.data.balance import LOSS_WEIGHT_METHODS
+from sw_zoo.evaluation.thresholds import TUNE_METHODS
 from sw_zoo.train.losses import LOSS_NAMES
 from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
 from sw_zoo.train.writer import WANDB_MODES
@@ -124,6 +125,8 @@ def validate(config: Any) -> None:
   check("eval.num_sample_predictions", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
   check("eval.threshold", lambda v: 0 < v < 1, "a number in (0, 1)")
   check("eval.batch_size", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: batch_size)")
+  check("eval.tune_thresholds", lambda v: v in TUNE_METHODS, f"one of {TUNE_METHODS}")
+  check("eval.per_tag_min_count", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: per category only)")
   check("checkpoint.every_steps", positive_int, "a positive int")
   check("checkpoint.max_to_keep", positive_int, "a positive int")
   check("wandb.mode", lambda v: v in WANDB_MODES, f"one of {WANDB_MODES}")

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sw_zoo import run_dir, storage, sharding
 from sw_zoo.data import balance, dataset_info, mixing, pipeline, vocab
 from sw_zoo.evaluation import metrics
+from sw_zoo.evaluation import thresholds as thresholds_lib
 from sw_zoo.evaluation.evaluator import Evaluator
 from sw_zoo.inference import run_bundle
 from sw_zoo.models import abstract_params
@@ -113,6 +114,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                         params_sharding=state_sh.eval_params(),
                         num_samples=config.eval.num_sample_predictions if writer.wants_predictions else 0)
 
+  final_stats: dict[str, Any] = {}
+
   def validate(step: int) -> dict[str, float]:
     result = evaluator.run(state.eval_params(), data_dir, split="validation",
                            global_batch_size=config.eval.batch_size or config.batch_size, image_size=image_size,
@@ -121,6 +124,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     writer.write(step, val, prefix="val/")
     if result.samples is not None:
       writer.log_predictions(step, result.samples, tags.names, threshold=config.eval.threshold)
+    final_stats.update(result.stats)  # the last pass's: the bundle's thresholds are tuned on it
     return val
 
   peak = throughput.peak_flops_per_device(jax.devices()[0], config.peak_flops_per_device)
@@ -183,9 +187,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
       storage.write_text(storage.join(workdir, run_dir.EVAL_SUMMARY_FILE), json.dumps(result, indent=2))
     # The run's usable artefact: <workdir>/bundle (load_pretrained, sw-zoo tag / export).
-    bundle_dir = run_bundle.write_run_bundle(workdir, state.eval_params(), config, tags, step=step)
+    # Its thresholds are chosen on this last validation pass (config.eval.tune_thresholds; an
+    # older run's config without the key keeps eval.threshold everywhere).
+    thresholds = thresholds_lib.tune(
+        jax.device_get(final_stats), tags, method=config.eval.get("tune_thresholds", "none"),
+        per_tag_min_count=config.eval.get("per_tag_min_count", 0), threshold=config.eval.threshold,
+        bins=evaluator.num_bins)
+    bundle_dir = run_bundle.write_run_bundle(workdir, state.eval_params(), config, tags, step=step,
+                                             thresholds=thresholds)
     if bundle_dir:
-      log(f"Wrote the model bundle {bundle_dir}")
+      log(f"Wrote the model bundle {bundle_dir}"
+          + (f" with {thresholds_lib.describe(thresholds)}" if thresholds else ""))
     log(f"Final (step {step}): micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}  "
         f"P {val['micro_precision']:.4f}  R {val['micro_recall']:.4f} at threshold {config.eval.threshold}")
     return result
