@@ -132,19 +132,22 @@ def test_kohya_finds_the_export_and_names_every_score(source_run, tagger_448, tm
     _assert_named_scores(result.general + result.character, expected, atol=0.02)
 
 
-def test_webui_lists_the_folder_and_names_every_score(source_run, tagger_32, tmp_path):  # noqa: F811
+def test_webui_lists_the_folder_and_names_every_score(source_run, tagger_32, tmp_path, capsys):  # noqa: F811
   models = tmp_path / "TaggerOnnx"
-  (models / "someone_elses").mkdir(parents=True)
-  (models / "someone_elses" / "model.onnx").write_bytes(b"theirs")
-  (models / "someone_elses" / "selected_tags.csv").write_text("theirs")
-  assert _export(source_run, "--layout", "webui", "--out", models, "--name", "demo") == 0
-  assert sorted(wd_tools.webui_models(str(models))) == ["demo", "someone_elses"]
-  assert (models / "someone_elses" / "model.onnx").read_bytes() == b"theirs"
+  (models / "wd14-vit.v2").mkdir(parents=True)  # a built-in's folder: listed, downloaded, never ours
+  (models / "wd14-vit.v2" / "model.onnx").write_bytes(b"theirs")
+  (models / "wd14-vit.v2" / "selected_tags.csv").write_text("theirs")
+  # Any other name would stop the extension's model list from loading: refused before writing.
+  assert _export(source_run, "--layout", "webui", "--out", models, "--name", "demo") == 2
+  assert "NotImplementedError" in capsys.readouterr().err and not (models / "demo").exists()
+  assert _export(source_run, "--layout", "webui", "--out", models) == 0
+  assert sorted(wd_tools.webui_models(str(models))) == [wd_tools.WEBUI_LOCAL]
+  assert (models / "wd14-vit.v2" / "model.onnx").read_bytes() == b"theirs"
 
   exact = _picture(tmp_path / "exact.png", TRAINED, 20, seed=1)  # padded square = 32: no resize
   expected = _scores_by_name(tagger_32, exact)
   threshold = _median_threshold(tagger_32, [exact])
-  result = wd_tools.webui_tag(str(models), "demo", exact, threshold=threshold)
+  result = wd_tools.webui_tag(str(models), wd_tools.WEBUI_LOCAL, exact, threshold=threshold)
   tags = tagger_32.tags
   assert set(result.ratings) == set(_names(tags, 9))
   _assert_named_scores(list(result.ratings.items()) + result.general, expected)
@@ -152,7 +155,7 @@ def test_webui_lists_the_folder_and_names_every_score(source_run, tagger_32, tmp
 
   # RGBA with a transparent band, larger than the graph: composited on white, INTER_AREA.
   rgba = _picture(tmp_path / "rgba.png", 120, 80, seed=2, mode="RGBA")
-  result = wd_tools.webui_tag(str(models), "demo", rgba, threshold=0.0)
+  result = wd_tools.webui_tag(str(models), wd_tools.WEBUI_LOCAL, rgba, threshold=0.0)
   _assert_named_scores(result.general, _scores_by_name(tagger_32, rgba), atol=0.05)
 
 
@@ -227,10 +230,10 @@ def test_no_ratings_and_a_copyright_category_is_refused_then_adapted_with_force(
   expected = _scores_by_name(reference, image)
   every = set(reference.tags.names)
 
-  assert _export(source_run, "--layout", "webui", "--out", tmp_path / "webui", "--name", "m", "--tags", custom,
+  assert _export(source_run, "--layout", "webui", "--out", tmp_path / "webui", "--tags", custom,
                  "--force") == 0
   assert "placeholder rating" in capsys.readouterr().out
-  result = wd_tools.webui_tag(str(tmp_path / "webui"), "m", image, threshold=0.0)
+  result = wd_tools.webui_tag(str(tmp_path / "webui"), wd_tools.WEBUI_LOCAL, image, threshold=0.0)
   assert set(result.ratings) == {f"placeholder_rating_{k}" for k in range(4)} and max(result.ratings.values()) == 0
   _assert_named_scores(result.general, expected)
   assert {n for n, _ in result.general} == every  # every real tag, copyright included, correctly named
@@ -339,10 +342,11 @@ def test_precision_exports_load_stay_close_and_report_agreement(source_run, tmp_
 
 def test_a_converted_tool_export_keeps_one_onnx_and_one_csv(source_run, tmp_path):  # noqa: F811
   models = tmp_path / "TaggerOnnx"
-  assert _export(source_run, "--layout", "webui", "--out", models, "--name", "q", "--precision", "int8") == 0
-  assert wd_tools.webui_models(str(models)) == {"q": (str(models / "q" / "model.onnx"), str(models / "q" / "selected_tags.csv"))}
-  assert sorted(os.listdir(models / "q")) == ["model.onnx", "selected_tags.csv"]
-  meta = {p.key: p.value for p in onnx.load(models / "q" / "model.onnx").metadata_props}
+  assert _export(source_run, "--layout", "webui", "--out", models, "--precision", "int8") == 0
+  q = models / wd_tools.WEBUI_LOCAL
+  assert wd_tools.webui_models(str(models)) == {wd_tools.WEBUI_LOCAL: (str(q / "model.onnx"), str(q / "selected_tags.csv"))}
+  assert sorted(os.listdir(q)) == ["model.onnx", "selected_tags.csv"]
+  meta = {p.key: p.value for p in onnx.load(q / "model.onnx").metadata_props}
   assert json.loads(meta["sw_zoo.precision"])["precision"] == "int8"
 
 

@@ -45,16 +45,20 @@ KOHYA_IMAGE_SIZE = 448  # hard-coded in the script
 
 
 def kohya_preprocess(path: str) -> np.ndarray:
-  """PIL -> RGB (alpha dropped, not composited) -> BGR, centred on a 255 square, resized to 448
-  (INTER_AREA when shrinking, INTER_LANCZOS4 otherwise), float32."""
+  """PIL -> RGB (alpha dropped, not composited) -> BGR, centred on a 255 square, resized to 448,
+  float32. Shrinking: the script passes cv2.INTER_AREA positionally, where cv2.resize takes `dst`,
+  so OpenCV's default bilinear runs; growing: its PIL helper (Lanczos)."""
   image = np.array(Image.open(path).convert("RGB"))[:, :, ::-1]
   h, w = image.shape[:2]
   size = max(h, w)
   pad_x, pad_y = size - w, size - h
   left, top = pad_x // 2, pad_y // 2
   image = np.pad(image, ((top, pad_y - top), (left, pad_x - left), (0, 0)), mode="constant", constant_values=255)
-  interpolation = cv2.INTER_AREA if size > KOHYA_IMAGE_SIZE else cv2.INTER_LANCZOS4
-  image = cv2.resize(image, (KOHYA_IMAGE_SIZE, KOHYA_IMAGE_SIZE), interpolation=interpolation)
+  if size > KOHYA_IMAGE_SIZE:
+    image = cv2.resize(image, (KOHYA_IMAGE_SIZE, KOHYA_IMAGE_SIZE), interpolation=cv2.INTER_LINEAR)
+  elif size < KOHYA_IMAGE_SIZE:
+    rgb = Image.fromarray(np.ascontiguousarray(image[:, :, ::-1]))
+    image = np.asarray(rgb.resize((KOHYA_IMAGE_SIZE, KOHYA_IMAGE_SIZE), Image.LANCZOS))[:, :, ::-1]
   return image.astype(np.float32)
 
 
@@ -99,15 +103,33 @@ def kohya_tag(model_dir: str, repo_id: str, image_paths: list[str], batch_size: 
 # ---- stable-diffusion-webui-wd14-tagger ---------------------------------------------------------
 
 
+# The extension's built-in interrogators (picobyte's fork): a TaggerOnnx folder with one of these
+# names is listed, but the model is still downloaded from the Hub (its local files are ignored).
+WEBUI_BUILTIN = ("wd14-vit.v1", "wd14-vit.v2", "wd14-convnext.v1", "wd14-convnext.v2", "wd14-convnextv2.v1",
+                 "wd14-swinv2-v1", "wd-v1-4-moat-tagger.v2", "mld-caformer.dec-5-97527", "mld-tresnetd.6-30000",
+                 "Z3D-E621-Convnext")
+# The one folder name its refresh turns into a local (not downloaded) model.
+WEBUI_LOCAL = "wd-v1-4-convnextv2-tagger-v2"
+
+
 def webui_models(models_path: str) -> dict[str, tuple[str, str]]:
-  """{name: (onnx, csv)} for each folder under models_path holding exactly one of each."""
+  """The extension's model-list refresh over models/TaggerOnnx: {name: (onnx, csv)} of the local
+  models it would load. A folder needs exactly one .onnx and at least one .csv (those with 'tag'
+  or 'select' in the name first); a qualifying folder whose name is neither built in nor the local
+  name raises NotImplementedError, as the extension does (and then lists no model at all)."""
   found = {}
   for folder in sorted(glob.glob(os.path.join(models_path, "*"))):
     if not os.path.isdir(folder):
       continue
     onnx_files, csv_files = glob.glob(os.path.join(folder, "*.onnx")), glob.glob(os.path.join(folder, "*.csv"))
-    if len(onnx_files) == 1 and len(csv_files) == 1:
-      found[os.path.basename(folder)] = (onnx_files[0], csv_files[0])
+    if len(onnx_files) != 1 or not csv_files:
+      continue
+    csv_files.sort(key=lambda p: -1 if any(t in os.path.basename(p).lower() for t in ("tag", "select")) else 1)
+    name = os.path.basename(folder)
+    if name == WEBUI_LOCAL:
+      found[name] = (onnx_files[0], csv_files[0])
+    elif name not in WEBUI_BUILTIN:
+      raise NotImplementedError(f"Add {name} resolution similar to above here")
   return found
 
 

@@ -18,7 +18,9 @@ Layouts (--out OUT, --name NAME; default name sw_zoo_<run folder>):
            tools the rows fit; the rows stay the model's.
   kohya    OUT/<NAME, "/" -> "_">/model.onnx + selected_tags.csv, always 448 px; run
            tag_images_by_wd14_tagger.py --onnx --model_dir OUT --repo_id NAME.
-  webui    OUT/<NAME>/model.onnx + selected_tags.csv; OUT is the WebUI's models/TaggerOnnx.
+  webui    OUT/wd-v1-4-convnextv2-tagger-v2/model.onnx + selected_tags.csv; OUT is the WebUI's
+           models/TaggerOnnx. That folder name is the one the tagger extension loads as a local model
+           (any other unknown name breaks its model list), so the model shows under it.
   comfyui  OUT/<NAME>.onnx + OUT/<NAME>.csv; OUT is ComfyUI-WD14-Tagger's models/ folder (only
            those two files are ours; others there are never touched).
 A tool layout, or a --precision other than fp32, implies --onnx. The tool layouts need rows in
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--layout", default=tool_layouts.BUNDLE, choices=list(tool_layouts.LAYOUTS),
                       help="which tool's files to write (default: bundle)")
   parser.add_argument("--name", default=None,
-                      help="model name in the tool's folder (kohya: the --repo_id; default sw_zoo_<run folder>)")
+                      help="model name in the tool's folder (kohya: the --repo_id; default sw_zoo_<run folder>; "
+                           "webui: always wd-v1-4-convnextv2-tagger-v2, the name the extension loads)")
   parser.add_argument("--image-size", type=int, default=None,
                       help="graph (and bundle) image size in px (default: the trained size; kohya: 448 only)")
   parser.add_argument("--precision", default=onnx_precision.FP32, choices=list(onnx_precision.PRECISIONS),

@@ -93,7 +93,7 @@ class Request:
 
 def check_request(*, layout: str = tool_layouts.BUNDLE, onnx: bool = False, image_size: int | None = None,
                   precision: str = onnx_precision.FP32, out: str | None = None, name: str | None = None,
-                  check_images: str | None = None) -> Request:
+                  check_images: str | None = None, force: bool = False) -> Request:
   """Validates the arguments before anything is read or written. A tool layout or a precision
   other than fp32 implies ONNX (they only make sense for model.onnx); tool layouts need --out
   (the tool's models folder); kohya feeds 448 px to the graph, so it refuses another size."""
@@ -115,6 +115,8 @@ def check_request(*, layout: str = tool_layouts.BUNDLE, onnx: bool = False, imag
       raise ValueError(f"--layout {layout} needs --out: {tool.out} (files land as {tool.files})")
     if name is not None:
       tool_layouts.check_name(name, layout)
+      if layout == tool_layouts.WEBUI:
+        tool_layouts.check_webui_name(name, force=force)
   elif name is not None:
     raise ValueError("--name names the model in a tool's folder; use it with --layout kohya|webui|comfyui")
   if check_images is not None:
@@ -137,7 +139,7 @@ def export(source_path: str, out: str | None = None, *, onnx: bool = False, use_
   `<workdir>/bundle`, or the bundle itself when adding model.onnx or a threshold), or with a
   tool `layout`, that tool's files under `out`."""
   req = check_request(layout=layout, onnx=onnx, image_size=image_size, precision=precision, out=out, name=name,
-                      check_images=check_images)
+                      check_images=check_images, force=force)
   source = model_source.load(source_path, use_ema=use_ema)
   size = req.image_size or source.image_size
   notes: list[str] = []
@@ -189,7 +191,7 @@ def _export_for_tool(source: model_source.ModelSource, out: str, req: Request, s
                      tags_path: str | None, threshold: float | None, force: bool, check_limit: int) -> Exported:
   """The files `req.layout`'s tool loads (tool_layouts), checked, adapted and written safely."""
   out = os.path.abspath(os.path.expanduser(out))
-  name = req.name or tool_layouts.default_name(source.root)
+  name = req.name or tool_layouts.default_name(source.root, req.layout)
   where = tool_layouts.target(req.layout, out, name)
   tags = source.find_tags(tags_path)
   plan = tool_layouts.plan(tags, req.layout, force=force)  # LayoutRefused explains what and why

@@ -16,9 +16,14 @@ The four layouts and what lands where (`--out OUT`, `--name NAME`):
            selected_tags.csv, which `tag_images_by_wd14_tagger.py --onnx --model_dir OUT
            --repo_id NAME` loads (an existing folder is used as-is, nothing is downloaded). The
            script feeds 448 px (hard-coded) to the graph, so this layout is always 448.
-  webui    OUT is the WebUI's models/TaggerOnnx; writes OUT/<NAME>/model.onnx and
-           selected_tags.csv (the extension lists a folder holding exactly one .onnx and one
-           .csv as model NAME).
+  webui    OUT is the WebUI's models/TaggerOnnx; writes OUT/wd-v1-4-convnextv2-tagger-v2/model.onnx
+           and selected_tags.csv. The extension (picobyte's maintained fork of
+           stable-diffusion-webui-wd14-tagger) scans every folder there holding exactly one .onnx
+           and a .csv, but turns only that one folder name into a local model; any other name it
+           does not know makes its model-list refresh raise NotImplementedError (no model shows),
+           and the names of its built-in models are downloaded from the Hub whatever the folder
+           holds. So NAME is fixed (another needs --force), and the model appears in the UI under
+           that name.
   comfyui  OUT is ComfyUI-WD14-Tagger's flat models/ folder; writes OUT/<NAME>.onnx and
            OUT/<NAME>.csv beside the other models. Only those two files are ours.
 
@@ -71,6 +76,8 @@ NUM_RATINGS = 4  # the WD convention every positional tool hard-codes
 # Logit of a placeholder output: sigmoid(-1e4) is exactly 0 in float32 and float16 (and -1e4
 # is representable in float16), so a placeholder never wins an argmax against a real rating.
 PLACEHOLDER_LOGIT = -1.0e4
+# The one TaggerOnnx folder name the WebUI extension loads as a local model (see the docstring).
+WEBUI_LOCAL_NAME = "wd-v1-4-convnextv2-tagger-v2"
 ONNX_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
 
@@ -94,7 +101,7 @@ LAYOUTS: dict[str, ToolLayout] = {
     KOHYA: ToolLayout(KOHYA, "kohya sd-scripts tag_images_by_wd14_tagger.py", "its --model_dir",
                       "OUT/<NAME with / -> _>/{model.onnx, selected_tags.csv}", fixed_image_size=KOHYA_IMAGE_SIZE),
     WEBUI: ToolLayout(WEBUI, "stable-diffusion-webui-wd14-tagger", "models/TaggerOnnx",
-                      "OUT/<NAME>/{model.onnx, selected_tags.csv}"),
+                      f"OUT/{WEBUI_LOCAL_NAME}/{{model.onnx, selected_tags.csv}}"),
     COMFYUI: ToolLayout(COMFYUI, "ComfyUI-WD14-Tagger", "its models/ folder", "OUT/<NAME>.onnx + OUT/<NAME>.csv",
                         flat=True),
 }
@@ -118,8 +125,21 @@ def check_name(name: str, layout: str) -> str:
   return bare
 
 
-def default_name(source_dir: str) -> str:
-  """`sw_zoo_<run or bundle folder name>`, reduced to characters every tool's file listing keeps."""
+def check_webui_name(name: str, *, force: bool) -> None:
+  """ValueError unless `name` is the folder the WebUI extension loads locally (or `force`)."""
+  if name != WEBUI_LOCAL_NAME and not force:
+    raise ValueError(
+        f"--name {name!r} with --layout webui: the WebUI tagger extension loads a model of its own from "
+        f"models/TaggerOnnx only from a folder named {WEBUI_LOCAL_NAME!r}; a folder of any other name it "
+        "does not know stops its model list from loading at all (NotImplementedError), and the names of its "
+        "built-in models are downloaded from the Hub instead. Leave out --name (or --force to write it anyway)")
+
+
+def default_name(source_dir: str, layout: str | None = None) -> str:
+  """`sw_zoo_<run or bundle folder name>`, reduced to characters every tool's file listing keeps
+  (the WebUI layout: the one folder name the extension loads, `WEBUI_LOCAL_NAME`)."""
+  if layout == WEBUI:
+    return WEBUI_LOCAL_NAME
   base = os.path.basename(os.path.normpath(source_dir))
   if base == "bundle":  # <workdir>/bundle: the run's name says more
     base = os.path.basename(os.path.dirname(os.path.normpath(source_dir)))
