@@ -132,7 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Where the initial weights come from (finetune / transfer); empty: random init.
   c.init = ml_collections.ConfigDict()
-  c.init.checkpoint = ""  # a run's workdir or checkpoints dir (latest step), or .../checkpoints/N
+  c.init.checkpoint = ""  # a run's workdir or checkpoints dir (latest step), .../checkpoints/N, a bundle,
+  # hf-hub:owner/repo (a bundle, or timm NFNet weights: hf-hub:timm/eca_nfnet_l0.ra2_in1k) or a timm .safetensors
   c.init.use_ema = True  # take the source's EMA weights when it has them
   c.init.new_head = False  # re-initialise the head (a different tag set); automatic on shape mismatch
   c.init.freeze = ""  # regex over param paths kept frozen, e.g. "^(stem|stages_[01]_\d+)/" (stages_<stage>_<block>)

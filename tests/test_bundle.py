@@ -236,7 +236,8 @@ def source_run(tmp_path_factory, tiny_data):  # noqa: F811
   return trained_source_run(tmp_path_factory, tiny_data)
 
 
-def _restore_params(workdir: str, step: int) -> dict[str, np.ndarray]:
+def restore_params(workdir: str, step: int) -> dict[str, np.ndarray]:
+  """{param path: array} of a run's checkpoint at `step` (what training actually ended with)."""
   from sw_zoo.train.checkpointing import Checkpointer
 
   ckpt = Checkpointer(workdir, every_steps=1, max_to_keep=2)
@@ -258,7 +259,7 @@ def test_training_writes_a_bundle_and_transfer_starts_from_it(source_run, tmp_pa
   assert set(b.config["thresholds"]["by_category"]) <= {"rating", "general", "character"}
   assert b.spec.name == "tiny" and b.image_size == 32
   before = traverse_util.flatten_dict(b.params, sep="/")
-  final = _restore_params(source_run, 3)
+  final = restore_params(source_run, 3)
   assert before.keys() == final.keys() and all(np.array_equal(before[k], final[k]) for k in final)
   assert warm_start.read_params(bundle_dir)[1] == f"params of bundle {bundle_dir}"
 
@@ -269,7 +270,7 @@ def test_training_writes_a_bundle_and_transfer_starts_from_it(source_run, tmp_pa
                   **{"init.checkpoint": bundle_dir, "init.new_head": True, "init.freeze": freeze})
   c.batch_size = 8
   train_and_evaluate(c, str(tmp_path / "transfer"))
-  after = _restore_params(str(tmp_path / "transfer"), 2)
+  after = restore_params(str(tmp_path / "transfer"), 2)
   frozen = [k for k in after if re.match(freeze, k)]
   trained = [k for k in after if not re.match(freeze, k) and not k.startswith("head/")]
   assert frozen and all(np.array_equal(after[k], before[k]) for k in frozen)

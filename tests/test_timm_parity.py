@@ -120,7 +120,7 @@ def our_logits(model_name: str, params, images_u8, **model_kwargs) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("timm_name", ["eca_nfnet_l0", "eca_nfnet_l1", "eca_nfnet_l2", "nfnet_l0",
-                                       "dm_nfnet_f0", "nf_resnet26"])
+                                       "dm_nfnet_f0", "nf_resnet26", "test_nfnet"])
 def test_param_count_matches_timm(timm, timm_name):
   with torch.device("meta"):  # shapes only: no init, no memory
     theirs = sum(p.numel() for p in timm.create_model(timm_name, pretrained=False).parameters())
@@ -159,7 +159,9 @@ def test_eca_nfnet_l0_logits_match_timm(eca_l0, images, conv_impl):
     ("dm_nfnet_f0", {}, {}),
     # 7x7 + max-pool stem, dense 3x3 convs, no final conv.
     ("nf_resnet26", {}, {}),
-], ids=["nfnet_l0-se", "eca_nfnet_l0-relu", "dm_nfnet_f0-gelu", "nf_resnet26"])
+    # timm's toy NFNet: the variant hf-hub: warm starts are tested with (tests/test_hub.py).
+    ("test_nfnet", {}, {}),
+], ids=["nfnet_l0-se", "eca_nfnet_l0-relu", "dm_nfnet_f0-gelu", "nf_resnet26", "test_nfnet"])
 def test_variant_logits_match_timm(timm, images, timm_name, timm_kwargs, our_kwargs):
   model = randomised_timm_model(timm, timm_name, seed=1, **timm_kwargs)
   expected = timm_logits(model, images)

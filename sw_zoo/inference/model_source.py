@@ -5,7 +5,9 @@ Accepted paths:
   * a run's workdir (latest checkpoint), its `checkpoints/` directory, or `checkpoints/<step>`:
     the model comes from the run's `config.json`, params from the Orbax `state` item (the EMA
     when the run kept one and `use_ema`);
-  * a model bundle directory, read and verified by `bundle.read_bundle`.
+  * a model bundle directory, read and verified by `bundle.read_bundle`;
+  * `hf-hub:owner/repo[@revision]`, a bundle on the Hugging Face Hub (fetched into the cache
+    by `hub.fetch`; a timm checkpoint repo there is only for warm starts, `train.warm_start`).
 `sw-zoo eval`, `sw-zoo export` and warm starts (`config.init.checkpoint`) all resolve through
 `load`, so they agree on what a path means.
 """
@@ -21,6 +23,7 @@ from sw_zoo import run_dir, storage
 from sw_zoo.data import dataset_info
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.inference import bundle as bundle_lib
+from sw_zoo.inference import hub
 from sw_zoo.models.spec import ModelSpec, spec_from_run_config
 
 EXPECTED = "a run's workdir, its checkpoints/ directory, checkpoints/<step>, or a model bundle"
@@ -100,6 +103,8 @@ def head_outputs(params: dict[tuple[str, ...], np.ndarray], described: str) -> i
 
 def load(path: str, *, use_ema: bool = True) -> ModelSource:
   """Resolves `path` (see the module docstring); errors name the path and what was expected."""
+  if hub.is_hub_name(path):
+    return _load_bundle(hub.fetch_bundle(path))
   path = run_dir.absolute(path)
   if storage.is_remote(path):
     return _load_remote(path.rstrip("/"), use_ema=use_ema)

@@ -1,4 +1,6 @@
-"""`load_pretrained(name_or_path)`: a Tagger from a bundle directory or a registered name.
+"""`load_pretrained(name_or_path)`: a Tagger from a bundle directory, a registered name, or a
+bundle on the Hugging Face Hub (`hf-hub:owner/repo[@revision]`, cached as `sw_zoo.inference.hub`
+describes, with the same offline rules).
 
 A registered name resolves through `REGISTRY` (name -> archive URL + sha256) into a local cache:
 
@@ -65,9 +67,13 @@ def _looks_like_path(text: str) -> bool:
 
 
 def resolve(name_or_path: str | os.PathLike, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
-  """The local bundle directory for a path (a bundle, or a run's workdir holding `bundle/`) or a
-  registered name (downloading it if needed)."""
+  """The local bundle directory for a path (a bundle, or a run's workdir holding `bundle/`), a
+  registered name or an `hf-hub:` name (downloading it if needed)."""
   text = os.fspath(name_or_path)
+  if text.startswith("hf-hub:"):
+    from sw_zoo.inference import hub  # hub builds on this module's cache and errors
+
+    return hub.fetch_bundle(text, cache_dir=cache_dir, offline=offline)
   if storage.is_remote(text):
     return _resolve_remote(text.rstrip("/"))
   local = os.path.abspath(os.path.expanduser(text))

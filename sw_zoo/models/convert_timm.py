@@ -55,10 +55,21 @@ TIMM_MODEL_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
     "dm_nfnet_f3": ("f3", {}),
     "nf_resnet26": ("nf_resnet26", {}),
     "nf_resnet50": ("nf_resnet50", {}),
+    "test_nfnet": ("test_nfnet", {}),
 }
 
 Params = dict[str, Any]
 _Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def sw_zoo_model(architecture: str, *, where: str = "") -> tuple[str, dict[str, Any]]:
+  """(our model name, create_model arguments) for a timm architecture, e.g. the ``architecture``
+  of a Hub repo's config.json; one we cannot build is a ValueError naming those we can."""
+  if architecture not in TIMM_MODEL_NAMES:
+    raise ValueError(f"{where + ': ' if where else ''}timm architecture {architecture!r} has no sw_zoo "
+                     f"equivalent; supported: {', '.join(sorted(TIMM_MODEL_NAMES))}")
+  name, kwargs = TIMM_MODEL_NAMES[architecture]
+  return name, dict(kwargs)
 
 
 def resolve_model(model_name: str, num_classes: int, **model_kwargs) -> nn.Module:

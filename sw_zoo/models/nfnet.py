@@ -170,6 +170,10 @@ VARIANTS: dict[str, NFNetConfig] = {
     # group_size 16 measured 15-25% faster than 8.
     "tiny": NFNetConfig(depths=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_chs=16, group_size=16,
                         bottle_ratio=0.5, feat_mult=2.0),
+    # timm test_nfnet (Hub weights: timm/test_nfnet.r160_in1k): the l* block layout with SE(0.25)
+    # at toy widths; the CPU-sized timm checkpoint that tests warm starts from timm weights.
+    "test_nfnet": NFNetConfig(depths=(1, 1, 1, 1), channels=(32, 64, 96, 128), feat_mult=1.5, group_size=8,
+                              bottle_ratio=0.25, act="silu", attn="se", se_rd_ratio=0.25),
     # nano: unit tests only; also exercises the '3x3' stem.
     "nano": NFNetConfig(depths=(1, 1, 1, 1), channels=(16, 32, 32, 64), stem_type="3x3", stem_chs=16,
                         group_size=8, bottle_ratio=0.5, feat_mult=1.0),

@@ -222,7 +222,8 @@ def _restore_or_init(config: Any, ckpt: Checkpointer, train_iter: Any, init_fn: 
     log(f"Resumed from checkpoint at step {step} in {ckpt.directory}")
     return state
   if config.init.checkpoint:
-    source, described = warm_start.read_params(config.init.checkpoint, use_ema=config.init.use_ema)
+    source, described = warm_start.read_params(config.init.checkpoint, use_ema=config.init.use_ema,
+                                               model=spec_from_run_config(config, 0))
     copied, fresh = warm_start.match_params(source, abstract_state.params, new_head=config.init.new_head)
     state = jax.jit(lambda o: init_fn(params_override=o), out_shardings=state_sh)(copied)
     log(f"Initialised {config.model.name} from {described}: {len(copied)} arrays copied"
