@@ -200,7 +200,7 @@ def test_unknown_routes_and_methods_answer_json(client):
 def test_healthz_metrics_and_page(client, tagger, images):
   health = client.get("/healthz").json()
   assert health["status"] == "ok" and health["model"] == "nano" and health["backend"] == "onnx"
-  assert health["tags"] == len(tagger.tags) and health["image_size"] == tagger.image_size
+  assert health["tags"] == len(tagger.tags) and health["image_size"] == tagger.image_size and health["precision"] == "fp32"
   assert health["thresholds"] == {"rating": 0.5, "general": 0.5, "character": 0.5}
   client.post("/tag", content=images[0], headers={"content-type": "image/png"})
   client.post("/tag", files=[("file", ("a.png", images[0])), ("file", ("b.png", images[1]))])

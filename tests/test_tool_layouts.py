@@ -338,6 +338,10 @@ def test_precision_exports_load_stay_close_and_report_agreement(source_run, tmp_
   images = [_picture(tmp_path / f"p{i}.png", 40, 30, seed=i) for i in range(4)]
   got = session.run(None, {"input": onnx_precision.wd_input(np.stack([tagger.preprocess(p) for p in images]))})[0]
   assert np.abs(got - tagger.scores(images)).max() < BOUNDS[precision]
+  # sw_zoo's own onnx backend runs the converted graph, and says which it is.
+  converted = Tagger.from_bundle(out, backend="onnx")
+  assert converted.describe_backend() == f"onnx {precision}" and tagger.describe_backend() == "jax"
+  assert np.abs(converted.scores(images) - tagger.scores(images)).max() < BOUNDS[precision]
 
 
 def test_a_converted_tool_export_keeps_one_onnx_and_one_csv(source_run, tmp_path):  # noqa: F811

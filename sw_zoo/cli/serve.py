@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                    max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels, decode_workers=args.workers)
   shown_host = f"[{args.host}]" if ":" in args.host else args.host
   print(f"sw-zoo serve: {tagger.bundle.spec.name} ({len(tagger.tags)} tags, {tagger.image_size} px, "
-        f"{tagger.backend}) from {tagger.bundle.path} on http://{shown_host}:{args.port}/", file=sys.stderr)
+        f"{tagger.describe_backend()}) from {tagger.bundle.path} on http://{shown_host}:{args.port}/", file=sys.stderr)
   config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
                           server_header=False)
   server = uvicorn.Server(config)

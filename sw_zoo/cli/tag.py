@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     raise FileNotFoundError(str(e)) from None
   tagger.thresholds_for(thresholds)
   print(f"Tagging {len(files)} images in {root} with {tagger.bundle.path} "
-        f"({tagger.bundle.spec.name}, {len(tagger.tags)} tags, {tagger.image_size} px, {tagger.backend}"
+        f"({tagger.bundle.spec.name}, {len(tagger.tags)} tags, {tagger.image_size} px, {tagger.describe_backend()}"
         + (", tta flip" if args.tta == "flip" else "") + ")", file=sys.stderr)
   results = None
   if results_path:

@@ -136,6 +136,11 @@ class Tagger:
   def backend(self) -> str:
     return self.forward.name
 
+  def describe_backend(self) -> str:
+    """'jax', 'onnx' or, for a converted model.onnx, 'onnx int8' (for logs and /healthz)."""
+    precision = getattr(self.forward, "precision", "fp32")
+    return self.backend if precision == "fp32" else f"{self.backend} {precision}"
+
   @property
   def params(self) -> Any:
     """The JAX backend's params on its device (the onnx backend has its weights in the graph)."""

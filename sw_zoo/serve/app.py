@@ -272,7 +272,9 @@ class TaggingService:
 
   def health(self) -> dict[str, Any]:
     return {"status": "ok", "model": self.model_name, "tags": len(self.tagger.tags),
-            "image_size": self.tagger.image_size, "backend": self.backend, "bundle": str(self.tagger.bundle.path),
+            "image_size": self.tagger.image_size, "backend": self.backend,
+            "precision": getattr(getattr(self.tagger, "forward", None), "precision", "fp32"),
+            "bundle": str(self.tagger.bundle.path),
             "thresholds": self.tagger.thresholds_for(None), "max_batch": self.batcher.max_batch,
             "max_upload_bytes": self.max_upload_bytes}
 
