@@ -149,6 +149,14 @@ def base_config() -> ml_collections.ConfigDict:
   # tags keep their category's); 0: per category only.
   c.eval.per_tag_min_count = 0
 
+  # Stop when the validation metric has not improved by more than min_delta for `patience`
+  # evaluations in a row (0: never); the run's bundle then comes from its best evaluated
+  # checkpoint (needs checkpoint.keep_best >= 1), and rerunning the command does not train on.
+  c.early_stop = ml_collections.ConfigDict()
+  c.early_stop.patience = 0
+  c.early_stop.metric = "micro_f1"  # or macro_f1
+  c.early_stop.min_delta = 0.0
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.max_to_keep = 3  # the latest N are kept ...

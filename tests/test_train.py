@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import demo
 from sw_zoo import sharding
 from sw_zoo.data import pipeline
+from sw_zoo.inference import bundle as bundle_lib
 from sw_zoo.models import create_model
 from sw_zoo.train import config_check, losses, optimizer, steps
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
@@ -236,3 +238,61 @@ def test_recipe_options_train_end_to_end(tiny_data, tmp_path):
   assert result["step"] == 2 and 0.0 <= result["micro_f1"] <= 1.0
   losses_logged = [json.loads(l)["train/loss"] for l in open(tmp_path / "run" / "metrics.jsonl") if "train/loss" in l]
   assert losses_logged and all(np.isfinite(losses_logged))
+
+
+# ---- Early stopping ---------------------------------------------------------------------------
+
+
+def test_early_stop_tracker_counts_patience_and_survives_a_restart(tmp_path):
+  from sw_zoo.train.early_stop import EarlyStop
+
+  t = EarlyStop.load(str(tmp_path), metric="macro_f1", patience=2, min_delta=0.01)
+  assert not t.update(10, {"macro_f1": 0.50, "micro_f1": 0.9})  # first: the best
+  assert not t.update(20, {"macro_f1": 0.505, "micro_f1": 0.9})  # +0.005 <= min_delta: no gain
+  t.save()
+  again = EarlyStop.load(str(tmp_path), metric="macro_f1", patience=2, min_delta=0.01)
+  assert (again.best, again.best_step, again.since_best) == (0.5, 10, 1)  # where it left off
+  assert again.update(30, {"macro_f1": 0.49, "micro_f1": 0.9}) and again.stopped_at == 30
+  other = EarlyStop.load(str(tmp_path), metric="micro_f1", patience=2, min_delta=0.01)
+  assert other.best_step is None and other.stopped_at is None  # another metric starts over
+  with pytest.raises(ValueError, match="early_stop.metric"):
+    EarlyStop.load(str(tmp_path), metric="f1", patience=2, min_delta=0.0)
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_with_the_best_checkpoint_and_stays_stopped(tiny_data, tmp_path, capsys):
+  from tests.test_bundle import restore_params
+
+  workdir = str(tmp_path / "early")
+  # min_delta 1.0: no evaluation after the first can count as a gain, so with patience 1 the
+  # run stops at its second evaluation (step 4 of 12) and ends with the better of the two.
+  config = tiny_config(tiny_data, total_steps=12, eval_every_steps=2,
+                       **{"early_stop.patience": 1, "early_stop.min_delta": 1.0})
+  result = train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert "Stopped early at step 4/12" in out, out
+  evaluated = {line["step"]: line["val/micro_f1"] for line in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+               if "val/micro_f1" in line}
+  best_step = max(evaluated, key=evaluated.get)
+  assert set(evaluated) == {2, 4} and result["early_stopped_at"] == 4 and not result["interrupted"]
+  assert result["step"] == best_step and result["micro_f1"] == pytest.approx(evaluated[best_step])
+  bundle = bundle_lib.read_bundle(os.path.join(workdir, "bundle"))
+  assert bundle.config["source"]["step"] == best_step
+  best = restore_params(workdir, best_step)
+  flat = traverse_util.flatten_dict(bundle.params, sep="/")
+  assert flat.keys() == best.keys() and all(np.array_equal(flat[k], best[k]) for k in best)
+  # The same command again does not train on: it ends with the same checkpoint.
+  trained = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in line]
+  again = train_and_evaluate(config, workdir)
+  assert again["step"] == best_step and again["early_stopped_at"] == 4
+  assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in line] == trained
+
+
+def test_early_stopping_needs_a_kept_best_checkpoint(tiny_data, tmp_path):
+  from sw_zoo.train.config_check import ConfigError
+
+  config = tiny_config(tiny_data, **{"early_stop.patience": 2, "checkpoint.keep_best": 0})
+  with pytest.raises(ConfigError, match="needs config.checkpoint.keep_best >= 1"):
+    train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")

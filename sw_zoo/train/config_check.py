@@ -9,6 +9,7 @@ from sw_zoo.data.augment_spec import parse_spec as parse_augment_spec
 from sw_zoo.sharding import RULE_SETS, resolve_rules
 from sw_zoo.data.balance import LOSS_WEIGHT_METHODS
 from sw_zoo.evaluation.thresholds import TUNE_METHODS
+from sw_zoo.train.early_stop import METRICS as EARLY_STOP_METRICS
 from sw_zoo.train.losses import LOSS_NAMES
 from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
 from sw_zoo.train.writer import WANDB_MODES
@@ -126,6 +127,13 @@ def validate(config: Any) -> None:
   check("eval.threshold", lambda v: 0 < v < 1, "a number in (0, 1)")
   check("eval.batch_size", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: batch_size)")
   check("eval.tune_thresholds", lambda v: v in TUNE_METHODS, f"one of {TUNE_METHODS}")
+  check("early_stop.patience", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: never stop early)")
+  check("early_stop.metric", lambda v: v in EARLY_STOP_METRICS, f"one of {EARLY_STOP_METRICS}")
+  check("early_stop.min_delta", lambda v: v >= 0, "a number >= 0")
+  early = config.get("early_stop") or {}
+  if isinstance(early.get("patience"), int) and early.get("patience") > 0 and config.checkpoint.keep_best < 1:
+    problems.append(f"config.early_stop.patience={early['patience']} needs config.checkpoint.keep_best >= 1: "
+                    "a run that stops early ends with its best evaluated checkpoint, which keep_best keeps")
   check("eval.per_tag_min_count", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: per category only)")
   check("checkpoint.every_steps", positive_int, "a positive int")
   check("checkpoint.max_to_keep", positive_int, "a positive int")

@@ -29,6 +29,7 @@ from sw_zoo.models import abstract_params
 from sw_zoo.models.spec import remat_compiler_options, spec_from_run_config, training_options
 from sw_zoo.train import config_check, losses, optimizer, profiling, steps, throughput, warm_start
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
+from sw_zoo.train.early_stop import EarlyStop
 from sw_zoo.train.periodic import itstime
 from sw_zoo.train.preemption import StopRequest
 from sw_zoo.train.writer import MetricWriter
@@ -98,9 +99,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   train_iter = iter(train_ds)
   storage.check_bucket(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
+  early = config.get("early_stop") or {}
+  tracker = EarlyStop.load(workdir, metric=early.get("metric", "micro_f1"), patience=early.get("patience", 0),
+                           min_delta=early.get("min_delta", 0.0))
+  # With early stopping the kept "best" checkpoint is the one the tracker ranks best.
   ckpt = Checkpointer(workdir, every_steps=config.checkpoint.every_steps,
                       max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save,
-                      keep_best=config.checkpoint.keep_best)
+                      keep_best=config.checkpoint.keep_best,
+                      best_metric=tracker.metric if tracker.enabled else "micro_f1")
   state = _restore_or_init(config, ckpt, train_iter, init_fn, abstract_state, state_sh)
   if jax.process_index() == 0:
     # Written only once the state exists: a refused resume leaves the run's config as it was.
@@ -137,7 +143,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   profiler = profiling.StepProfiler(config.profile, workdir, first_step=step, pause=timer.paused)
   pending: list[dict[str, jax.Array]] = []
   try:
-    while step < total_steps and not stop.should_stop(step):
+    while step < total_steps and tracker.stopped_at is None and not stop.should_stop(step):
       with profiler.step(step):
         with timer.waiting_for_input():
           batch = sharding.global_batch(next(train_iter), mesh)
@@ -162,12 +168,24 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         with timer.paused():  # eval time is not training throughput
           val = validate(step)
         log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
+        if tracker.enabled:
+          tracker.update(step, val)
+          if jax.process_index() == 0:
+            tracker.save()
       # Evaluated steps are saved with their F1 when keeping the best checkpoints.
       if itstime(step, config.checkpoint.every_steps, total_steps, last=False) or (
           val is not None and config.checkpoint.keep_best > 0):
         ckpt.save(step, state, train_iter, metrics=val, force=True)
     profiler.close(step, state)  # a run shorter than the profile window still gets its trace, without the eval
-    if step < total_steps:
+    if tracker.stopped_at is not None:
+      # Stopped early: the run ends with its best evaluated checkpoint, the one keep_best kept
+      # for the highest metric (min_delta only decides what counts as progress).
+      ckpt.wait()
+      best = ckpt.best_step() or tracker.best_step
+      log(f"Stopped early at step {tracker.stopped_at}/{total_steps}: {tracker.describe()}; ending with the "
+          f"best evaluated checkpoint, step {best}")
+      step, state = ckpt.restore(abstract_with_shardings(abstract_state, state_sh), train_iter, step=best)
+    elif step < total_steps:
       ckpt.save(step, state, train_iter, force=True)
       ckpt.wait()
       log(f"Stopped by {stop.signal_name} at step {step}/{total_steps}; checkpoint saved in {ckpt.directory}. "
@@ -178,6 +196,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     val = validate(step)
     ckpt.save(step, state, train_iter, metrics=val, force=True)  # a no-op if this step was saved
     result = {"step": step, "interrupted": False, "threshold": config.eval.threshold, **val}
+    if tracker.stopped_at is not None:
+      result["early_stopped_at"] = tracker.stopped_at
     if timer.run_images_per_s() is not None:
       result["train_images_per_s"] = timer.run_images_per_s()
       result["train_input_wait"] = timer.run_input_wait()
