@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_epochs = 100.0
   c.log_every_steps = 100
   c.eval_every_steps = 0  # 0: evaluate once per epoch
+  # > 0: the run's length comes from this many minutes of wall time instead of total_steps /
+  # total_epochs: steps are fixed after timing a few steps and one evaluation, so the run,
+  # evaluations included, ends within the budget with a complete LR schedule (sw_zoo/train/budget.py).
+  c.budget_minutes = 0.0
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = "data/synthetic"  # holds dataset.json, selected_tags.csv and the shards

@@ -296,3 +296,41 @@ def test_early_stopping_needs_a_kept_best_checkpoint(tiny_data, tmp_path):
   with pytest.raises(ConfigError, match="needs config.checkpoint.keep_best >= 1"):
     train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+# ---- Time budget ------------------------------------------------------------------------------
+
+
+def test_budget_plan_leaves_room_for_evaluations_the_final_one_and_a_recompile():
+  from sw_zoo.train import budget
+
+  # 600 s x 0.95 - 100 spent - 20 recompile - 10 final eval = 440 s; each step 1 s + 10 s / 10 steps.
+  assert budget.plan_steps(budget_s=600, elapsed_s=100, step_s=1.0, eval_s=10.0, eval_every=10, steps_done=6,
+                           recompile_s=20) == 6 + 220
+  # Already over budget: one more step, so the schedule still ends.
+  assert budget.plan_steps(budget_s=60, elapsed_s=100, step_s=1.0, eval_s=10.0, eval_every=10, steps_done=6,
+                           recompile_s=20) == 7
+
+
+@pytest.mark.slow
+def test_a_budget_run_plans_its_steps_completes_its_schedule_and_resumes_the_plan(tiny_data, tmp_path, capsys):
+  from sw_zoo.train import budget
+
+  workdir = str(tmp_path / "budget")
+  # total_steps 1000 would take far longer than the budget: the plan replaces it.
+  config = tiny_config(tiny_data, total_steps=1000, eval_every_steps=8, log_every_steps=1,
+                       **{"budget_minutes": 1.0, "optim.schedule": "cosine", "optim.warmup_steps": 2,
+                          "checkpoint.every_steps": 1000})
+  result = train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  plan = budget.load(workdir)
+  assert "Planned the run for its budget 1 min" in out, out
+  assert plan is not None and plan.decided_at_step == 6 and 10 < plan.total_steps < 1000
+  assert result["step"] == plan.total_steps and not result["interrupted"]
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  lrs = {line["step"]: line["train/lr"] for line in logged if "train/lr" in line}
+  # The cosine schedule of the planned total ran (nearly) to its end at the last step.
+  assert max(lrs) == plan.total_steps and lrs[plan.total_steps] < 0.05 * config.optim.lr
+  # Rerun: the saved plan stands; nothing is trained again.
+  again = train_and_evaluate(config, workdir)
+  assert again["step"] == plan.total_steps and "Planned the run" not in capsys.readouterr().out

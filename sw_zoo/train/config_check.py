@@ -127,6 +127,7 @@ def validate(config: Any) -> None:
   check("eval.threshold", lambda v: 0 < v < 1, "a number in (0, 1)")
   check("eval.batch_size", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: batch_size)")
   check("eval.tune_thresholds", lambda v: v in TUNE_METHODS, f"one of {TUNE_METHODS}")
+  check("budget_minutes", lambda v: v >= 0, "a number of minutes >= 0 (0: no budget)")
   check("early_stop.patience", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0: never stop early)")
   check("early_stop.metric", lambda v: v in EARLY_STOP_METRICS, f"one of {EARLY_STOP_METRICS}")
   check("early_stop.min_delta", lambda v: v >= 0, "a number >= 0")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from typing import Any
 
 import jax
@@ -27,7 +28,7 @@ from sw_zoo.evaluation.evaluator import Evaluator
 from sw_zoo.inference import run_bundle
 from sw_zoo.models import abstract_params
 from sw_zoo.models.spec import remat_compiler_options, spec_from_run_config, training_options
-from sw_zoo.train import config_check, losses, optimizer, profiling, steps, throughput, warm_start
+from sw_zoo.train import budget, config_check, losses, optimizer, profiling, steps, throughput, warm_start
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
 from sw_zoo.train.early_stop import EarlyStop
 from sw_zoo.train.periodic import itstime
@@ -60,6 +61,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the final validation metrics plus
   'step', 'interrupted' and throughput figures."""
   # ---- Setup: every check before the first write ---------------------------------------------
+  started = time.perf_counter()  # a time budget counts from here
   config_check.validate(config)
   n_dev, n_proc = jax.device_count(), jax.process_count()
   config_check.check_devices(config, n_dev)
@@ -71,6 +73,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   steps_per_epoch = max(1, num_train // config.batch_size)
   total_steps = _steps_from(config.total_epochs, config.total_steps, steps_per_epoch)
   warmup_steps = _steps_from(config.optim.warmup_epochs, config.optim.warmup_steps, steps_per_epoch)
+  budget_minutes = float(config.get("budget_minutes", 0.0) or 0.0)
+  plan = budget.load(workdir) if budget_minutes > 0 else None
+  if plan is not None:  # a resumed budget run keeps the total (and schedule) it planned
+    total_steps = plan.total_steps
   eval_every = config.eval_every_steps or steps_per_epoch
   image_size = config.data.image_size
   log(f"sw_zoo: {n_proc} process(es), {n_dev} device(s), mesh {dict(mesh.shape)}; dataset {data_dir}: "
@@ -142,6 +148,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   timer = throughput.StepTimer(config.batch_size, first_step=step)
   profiler = profiling.StepProfiler(config.profile, workdir, first_step=step, pause=timer.paused)
   pending: list[dict[str, jax.Array]] = []
+  planning = budget_minutes > 0 and plan is None
+  calibration: dict[str, float] = {}
   try:
     while step < total_steps and tracker.stopped_at is None and not stop.should_stop(step):
       with profiler.step(step):
@@ -152,11 +160,29 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
           # unpartitioned HLO gives the FLOPs per step for MFU.
           lowered = train_fn.lower(state, batch)
           step_flops = throughput.lowered_flops(lowered)
+          compile_start = time.perf_counter()
           step_fn = lowered.compile(
               compiler_options=remat_compiler_options(config.model.remat, jax.devices()[0].platform))
+          calibration.setdefault("compile_s", time.perf_counter() - compile_start)
         state, stats = step_fn(state, batch)
       step += 1
       timer.step()
+      if planning:
+        planned = _calibrate(calibration, step, state, validate, timer)
+        if planned is not None:
+          step_s, eval_s = planned
+          total_steps = budget.plan_steps(
+              budget_s=budget_minutes * 60.0, elapsed_s=time.perf_counter() - started, step_s=step_s, eval_s=eval_s,
+              eval_every=eval_every, steps_done=step, recompile_s=calibration["compile_s"])
+          plan = budget.Plan(budget_minutes, total_steps, step_s, eval_s, step, time.perf_counter() - started)
+          if jax.process_index() == 0:
+            budget.save(workdir, plan)
+          log(f"Planned the run for its {plan.describe()}")
+          # The schedule for the planned total; the step is compiled again with it.
+          schedule = optimizer.make_schedule(config.optim, total_steps, warmup_steps)
+          tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze)
+          train_fn = _jitted_train_step(config, model, tx, schedule, tags, num_train, mesh, state_sh)
+          step_fn, planning = None, False
       profiler.step_done(step, state)
       pending.append(stats)
       if itstime(step, config.log_every_steps, total_steps):
@@ -277,6 +303,32 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
                         skip_nonfinite=config.optim.skip_nonfinite),
       in_shardings=(state_sh, sharding.batch_sharding(mesh)), out_shardings=(state_sh, sharding.replicated(mesh)),
       donate_argnums=(0,))
+
+
+def _calibrate(calibration: dict[str, float], step: int, state: Any, validate: Any, timer: Any
+               ) -> tuple[float, float] | None:
+  """For a time budget: times `budget.CALIBRATION_STEPS` steps after the first, then one
+  validation pass; returns (seconds per step, seconds per evaluation) once both are known, the
+  same on every process (process 0's figures)."""
+  if "t0" not in calibration:
+    jax.block_until_ready(state)  # dispatch is asynchronous: time finished steps only
+    calibration["t0"], calibration["from"] = time.perf_counter(), step
+    return None
+  if step - calibration["from"] < budget.CALIBRATION_STEPS:
+    return None
+  jax.block_until_ready(state)
+  step_s = (time.perf_counter() - calibration["t0"]) / budget.CALIBRATION_STEPS
+  with timer.paused():
+    eval_start = time.perf_counter()
+    val = validate(step)  # a real evaluation, logged like any other
+    eval_s = time.perf_counter() - eval_start
+  log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
+  figures = np.asarray([step_s, eval_s], np.float64)
+  if jax.process_count() > 1:  # every process must plan the same total
+    from jax.experimental import multihost_utils
+
+    figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
+  return float(figures[0]), float(figures[1])
 
 
 def _log_window(step: int, total_steps: int, fetched: list[dict[str, Any]], timer: throughput.StepTimer,
