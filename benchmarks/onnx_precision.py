@@ -75,7 +75,7 @@ def main() -> None:
 
   images = _pictures(args.batch_size, args.image_size)
   sessions = {k: onnx_precision.session(v) for k, v in graphs.items()}
-  x = onnx_precision.wd_input(images)
+  x = onnx_export.wd_input(images)
   scores = {k: s.run(None, {s.get_inputs()[0].name: x})[0] for k, s in sessions.items()}
   rates = onnx_precision.speed(sessions, images, seconds=args.seconds)
   base = rates["fp32"]

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from sw_zoo import cli
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.inference import bundle as bundle_lib
-from sw_zoo.inference import onnx_precision, tool_layouts
+from sw_zoo.inference import onnx_export, tool_layouts
 from sw_zoo.inference.tagger import Tagger
 from tests import wd_tools
 from tests.test_bundle import source_run  # noqa: F401  (fixture)
@@ -308,7 +308,7 @@ def test_image_size_builds_the_graph_and_bundle_at_that_size(source_run, tmp_pat
   assert session.get_inputs()[0].shape[1:] == [64, 64, 3]
   tagger = Tagger.from_bundle(out, backend="jax")
   image = _picture(tmp_path / "p.png", 64, 40, seed=6)
-  got = session.run(None, {"input": onnx_precision.wd_input(tagger.preprocess(image)[None])})[0][0]
+  got = session.run(None, {"input": onnx_export.wd_input(tagger.preprocess(image)[None])})[0][0]
   np.testing.assert_allclose(got, tagger.scores(image), atol=EXACT)
 
 
@@ -336,7 +336,7 @@ def test_precision_exports_load_stay_close_and_report_agreement(source_run, tmp_
   session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
   assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
   images = [_picture(tmp_path / f"p{i}.png", 40, 30, seed=i) for i in range(4)]
-  got = session.run(None, {"input": onnx_precision.wd_input(np.stack([tagger.preprocess(p) for p in images]))})[0]
+  got = session.run(None, {"input": onnx_export.wd_input(np.stack([tagger.preprocess(p) for p in images]))})[0]
   assert np.abs(got - tagger.scores(images)).max() < BOUNDS[precision]
   # sw_zoo's own onnx backend runs the converted graph, and says which it is.
   converted = Tagger.from_bundle(out, backend="onnx")

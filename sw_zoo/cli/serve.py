@@ -21,8 +21,8 @@ import ipaddress
 import sys
 
 from sw_zoo.cli import common
+from sw_zoo.inference import backends  # numpy only: --help stays free of jax
 
-BACKENDS = ("auto", "jax", "onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only; "
                       "0.0.0.0: every interface)")
   parser.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
-  parser.add_argument("--backend", choices=BACKENDS, default="auto",
+  parser.add_argument("--backend", choices=backends.BACKENDS, default="auto",
                       help="forward pass: onnxruntime or JAX (auto: onnxruntime on a CPU when installed)")
   parser.add_argument("--max-batch", type=int, default=16, help="most images in one forward pass (16)")
   parser.add_argument("--max-wait-ms", type=float, default=10.0,

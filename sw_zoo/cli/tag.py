@@ -28,7 +28,7 @@ from typing import Any
 
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.data.image_files import IMAGE_EXTENSIONS, iter_images
-from sw_zoo.inference import captions, tag_outputs
+from sw_zoo.inference import backends, captions, tag_outputs
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
   """An option under kohya's underscore name and its dashed spelling."""
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
        "(default: the 20 most frequent)")
   _add(parser, "--tta", choices=("none", "flip"), default="none",
        help="flip: average each image's scores with its mirror's (2x the compute)")
-  _add(parser, "--backend", choices=("auto", "jax", "onnx"), default="auto",
+  _add(parser, "--backend", choices=backends.BACKENDS, default="auto",
        help="forward pass: onnxruntime or JAX; auto picks the faster one available (onnxruntime on a CPU)")
   parser.add_argument("--onnx", action="store_const", const="onnx", dest="backend",
                       help="kohya's spelling of --backend onnx")

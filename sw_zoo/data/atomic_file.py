@@ -64,19 +64,33 @@ def check_output_dir(out_dir: str | os.PathLike, *, is_own: Callable[[str], bool
                       "(choose another directory, or pass --force to replace it)")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` via a temp file in the same directory and os.replace."""
+def temp_path_beside(path: str | os.PathLike) -> str:
+  """A fresh temp name next to `path`: on the same filesystem, so os.replace onto `path` is
+  atomic; the ".tmp" suffix makes leftovers from a crash easy to recognise (and git-ignored), and
+  keeps tools that list "*.onnx" / "*.csv" from picking up a half-written file."""
   path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  # The temp file must be on the same filesystem for os.replace to be atomic; the ".tmp" suffix
-  # makes leftovers from a crash easy to recognise (and git-ignored).
-  tmp_path = os.path.join(directory,
-                          f"{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+  return os.path.join(os.path.dirname(os.path.abspath(path)),
+                      f"{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_synced(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to a new file and fsyncs it (inside a temp directory that is renamed later)."""
+  with open(path, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` via a temp file beside it (`temp_path_beside`) and os.replace: a
+  crash leaves the old file or the new one, never half of one."""
+  path = os.fspath(path)
+  tmp_path = temp_path_beside(path)
   # Mode 0o666 filtered by the umask, like an ordinary open(); mkstemp would make it 0600.
   fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp_path, path)
@@ -84,6 +98,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` (UTF-8, line ends as given) as `atomic_write_bytes` does."""
+  atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

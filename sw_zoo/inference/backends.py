@@ -138,6 +138,7 @@ class OnnxForward:
     if providers is None:
       providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     self.session = ort.InferenceSession(model, providers=providers)
+    self._wd_input = onnx_export.wd_input
     inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
     self.input_name = inputs[0].name
     size = inputs[0].shape[1]
@@ -165,8 +166,7 @@ class OnnxForward:
 
   def _run(self, images: np.ndarray, flip: bool):
     def once(x):
-      # The graph's contract is the WD tools': BGR float32 0-255 (see onnx_export).
-      outs = self.session.run(self._outputs, {self.input_name: np.ascontiguousarray(x[..., ::-1], np.float32)})
+      outs = self.session.run(self._outputs, {self.input_name: self._wd_input(x)})
       pooled = outs[1] if self.has_embedding else np.zeros((len(x), 0), np.float32)
       return outs[0], pooled
     probs, pooled = once(images)

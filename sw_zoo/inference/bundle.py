@@ -55,7 +55,7 @@ from flax import serialization, traverse_util
 
 from sw_zoo import storage
 from sw_zoo.data import vocab as vocab_lib
-from sw_zoo.data.atomic_file import replace_dir
+from sw_zoo.data.atomic_file import replace_dir, write_synced
 from sw_zoo.data.preprocess import PAD_VALUE
 from sw_zoo.evaluation.thresholds import DEFAULT_THRESHOLD
 from sw_zoo.models.spec import ModelSpec, param_shapes
@@ -134,13 +134,6 @@ def tensor_table(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   return {path: {"shape": list(a.shape), "dtype": a.dtype.name} for path, a in sorted(_flat(params).items())}
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-  with open(path, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-
-
 def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec: ModelSpec, image_size: int,
                  tags: vocab_lib.TagVocab, thresholds: Mapping[str, Any] | None = None,
                  source: Mapping[str, Any] | None = None, extra_files: Mapping[str, bytes] | None = None,
@@ -188,11 +181,11 @@ def write_bundle(out_dir: str | os.PathLike, *, params: Mapping[str, Any], spec:
     config["onnx"] = dict(onnx)
 
   def fill(tmp: str) -> None:
-    _write_bytes(os.path.join(tmp, PARAMS_FILE), blob)
+    write_synced(os.path.join(tmp, PARAMS_FILE), blob)
     vocab_lib.write_selected_tags(os.path.join(tmp, TAGS_FILE), tags)
     for name, data in (extra_files or {}).items():
-      _write_bytes(os.path.join(tmp, name), data)
-    _write_bytes(os.path.join(tmp, CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
+      write_synced(os.path.join(tmp, name), data)
+    write_synced(os.path.join(tmp, CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
 
   out_dir = os.fspath(out_dir)
   if not storage.is_remote(out_dir):

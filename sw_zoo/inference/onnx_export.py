@@ -38,6 +38,12 @@ OUTPUT_NAME = "output"
 EMBEDDING_NAME = "embedding"
 
 
+def wd_input(images_rgb: np.ndarray) -> np.ndarray:
+  """The graph's input for preprocessed uint8 RGB images [N, S, S, 3]: float32 BGR 0-255, as the
+  WD tools feed it."""
+  return np.ascontiguousarray(images_rgb[..., ::-1], dtype=np.float32)
+
+
 class _Graph:
   """Accumulates nodes and initializers; every helper returns the name of its output."""
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from sw_zoo.inference.onnx_export import wd_input
+
 FP32, FP16, INT8 = "fp32", "fp16", "int8"
 PRECISIONS = (FP32, FP16, INT8)
 PRODUCER = "sw_zoo"
@@ -123,11 +125,6 @@ def session(model: bytes | str):
   import onnxruntime as ort
 
   return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-
-
-def wd_input(images_rgb: np.ndarray) -> np.ndarray:
-  """What WD tools feed: float32 BGR 0-255."""
-  return np.ascontiguousarray(images_rgb[..., ::-1]).astype(np.float32)
 
 
 def _scores(sess, images: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -21,13 +21,12 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from typing import Any
 
 import numpy as np
 
 from sw_zoo import run_dir, storage
-from sw_zoo.data.atomic_file import OutputRefused, check_output_dir, replace_dir
+from sw_zoo.data.atomic_file import OutputRefused, atomic_write_bytes, check_output_dir, replace_dir, write_synced
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.inference import bundle as bundle_lib
 from sw_zoo.inference import model_source
@@ -210,14 +209,14 @@ def _export_for_tool(source: model_source.ModelSource, out: str, req: Request, s
   if where.folder is not None:
     def fill(tmp: str) -> None:
       for path, data in files.items():
-        _write_bytes(os.path.join(tmp, os.path.basename(path)), data)
+        write_synced(os.path.join(tmp, os.path.basename(path)), data)
 
     replace_dir(where.folder, fill, is_own=_is_tool_folder, what=f"an sw_zoo export for {req.layout}", force=force,
                 protect=[source.root])
   else:
     os.makedirs(out, exist_ok=True)
     for path, data in files.items():  # the csv first: a crash in between leaves a csv a rerun may replace
-      _atomic_write_bytes(path, data)
+      atomic_write_bytes(path, data)
   return Exported(where.folder or out, source.spec, len(plan.tags), size, True, layout=req.layout,
                   files=list(files), notes=notes, precision=report,
                   hint=tool_layouts.usage_hint(req.layout, out, name))
@@ -320,8 +319,8 @@ def _onnx_metadata(path: str) -> dict[str, str] | None:
 def _is_tool_folder(path: str) -> bool:
   """A folder holding only what a kohya / webui export writes, with a model.onnx sw_zoo made."""
   names = set(os.listdir(path))
-  return names <= {tool_layouts.ONNX_FILE, tool_layouts.TAGS_FILE} and tool_layouts.ONNX_FILE in names \
-      and _onnx_metadata(os.path.join(path, tool_layouts.ONNX_FILE)) is not None
+  return names <= {bundle_lib.ONNX_FILE, bundle_lib.TAGS_FILE} and bundle_lib.ONNX_FILE in names \
+      and _onnx_metadata(os.path.join(path, bundle_lib.ONNX_FILE)) is not None
 
 
 def _check_tool_target(where: tool_layouts.Target, layout: str, csv_bytes: bytes, *, force: bool,
@@ -347,23 +346,3 @@ def _check_tool_target(where: tool_layouts.Target, layout: str, csv_bytes: bytes
   if foreign and not force:
     raise OutputRefused("refusing to replace files sw_zoo did not write: " + "; ".join(foreign)
                         + " (choose another --name, or pass --force to replace them)")
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  with open(path, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  # A temp name in the same folder (same filesystem, so os.replace is atomic), hidden and
-  # ending in .tmp so tools listing *.onnx / *.csv never pick up half a file.
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-  try:
-    _write_bytes(tmp, data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

@@ -21,11 +21,10 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from sw_zoo import progress
-from sw_zoo.data.atomic_file import atomic_write_text
+from sw_zoo.data.atomic_file import atomic_write_text, temp_path_beside
 from sw_zoo.inference import captions
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ class ResultsFile:
     self.root = root
     self.jsonl = path.lower().endswith(".jsonl")
     self.count = 0
-    self._tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    self._tmp = temp_path_beside(path)
     self._file = open(self._tmp, "w", encoding="utf-8", newline="\n")
     if not self.jsonl:
       self._file.write('{"model": ' + json.dumps(model, ensure_ascii=False) + ', "images": {')

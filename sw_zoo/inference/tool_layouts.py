@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from sw_zoo.data import vocab as vocab_lib
+from sw_zoo.inference.bundle import ONNX_FILE, TAGS_FILE
 
 BUNDLE, KOHYA, WEBUI, COMFYUI = "bundle", "kohya", "webui", "comfyui"
 SPACE = "space"  # the tool that reads the bundle layout
@@ -78,8 +79,6 @@ NUM_RATINGS = 4  # the WD convention every positional tool hard-codes
 PLACEHOLDER_LOGIT = -1.0e4
 # The one TaggerOnnx folder name the WebUI extension loads as a local model (see the docstring).
 WEBUI_LOCAL_NAME = "wd-v1-4-convnextv2-tagger-v2"
-ONNX_FILE = "model.onnx"
-TAGS_FILE = "selected_tags.csv"
 
 _R, _G, _C = vocab_lib.CATEGORY_RATING, vocab_lib.CATEGORY_GENERAL, vocab_lib.CATEGORY_CHARACTER
 _KNOWN = (_R, _G, _C)

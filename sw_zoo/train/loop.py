@@ -193,7 +193,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       if itstime(step, eval_every, total_steps, last=False) and stop.signal_name is None:
         with timer.paused():  # eval time is not training throughput
           val = validate(step)
-        log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
+        _log_val(step, val)
         if tracker.enabled:
           tracker.update(step, val)
           if jax.process_index() == 0:
@@ -305,6 +305,10 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
       donate_argnums=(0,))
 
 
+def _log_val(step: int, val: dict[str, float]) -> None:
+  log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
+
+
 def _calibrate(calibration: dict[str, float], step: int, state: Any, validate: Any, timer: Any
                ) -> tuple[float, float] | None:
   """For a time budget: times `budget.CALIBRATION_STEPS` steps after the first, then one
@@ -322,7 +326,7 @@ def _calibrate(calibration: dict[str, float], step: int, state: Any, validate: A
     eval_start = time.perf_counter()
     val = validate(step)  # a real evaluation, logged like any other
     eval_s = time.perf_counter() - eval_start
-  log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
+  _log_val(step, val)
   figures = np.asarray([step_s, eval_s], np.float64)
   if jax.process_count() > 1:  # every process must plan the same total
     from jax.experimental import multihost_utils
