@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.focal_gamma = 2.0
   c.loss.focal_alpha = -1.0  # < 0: no alpha balancing
   # Per-tag loss weights from training tag counts (sw_zoo/data/balance.py):
-  # none | inverse_sqrt | inverse | effective_num; clip bounds max/min weight (0: unbounded).
+  # none | inverse_sqrt | inverse | effective_num | log_ratio; clip bounds max/min weight (0: unbounded).
   c.loss_weights = ml_collections.ConfigDict()
   c.loss_weights.method = "none"
   c.loss_weights.beta = 0.999
@@ -141,10 +141,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.init.use_ema = True  # take the source's EMA weights when it has them
   c.init.new_head = False  # re-initialise the head (a different tag set); automatic on shape mismatch
   c.init.freeze = ""  # regex over param paths kept frozen, e.g. "^(stem|stages_[01]_\d+)/" (stages_<stage>_<block>)
+  # > 0: the frozen params start training at this fraction of the run (a freeze schedule: the new
+  # head settles on the pretrained features first); 0: frozen throughout.
+  c.init.unfreeze_at = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.threshold = 0.4  # score threshold for the F1 logged during training
   c.eval.batch_size = 0  # global; 0: same as batch_size
+  # > 0: about this many validation passes spread evenly over the run (the last at its end),
+  # whatever its length (a time budget fixes the length only after starting, and adds its one
+  # timing pass); 0: every eval_every_steps.
+  c.eval.count = 0
   c.eval.num_sample_predictions = 8  # validation images logged to W&B with their predicted tags
   # Thresholds the run's bundle carries, chosen on the final validation pass: best_f1 | p_eq_r
   # per category, or none (eval.threshold everywhere). `sw-zoo tag` / Tagger use them by default.

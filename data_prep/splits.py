@@ -16,13 +16,14 @@ import hashlib
 from typing import Iterator, NamedTuple
 
 from data_prep.options import PrepareOptions
-from data_prep.sources import NOT_IMAGE, Source, SourceItem
+from data_prep.sources import DELETED, NOT_IMAGE, Source, SourceItem
 from data_prep.tags import TagMapper, TagStats
 
 HELD_OUT = "held_out"              # bucket in the hold-out range
 RATING_FILTERED = "rating_filtered"  # rating not in keep_ratings
-# Items left out by design, counted without listing them; every other reason is bad input.
-EXCLUSION_REASONS = (HELD_OUT, RATING_FILTERED, NOT_IMAGE)
+# Items left out by design, counted without listing them; every other reason is bad input. (A
+# full e621 export holds millions of deleted posts: listing each would bloat report.json.)
+EXCLUSION_REASONS = (HELD_OUT, RATING_FILTERED, NOT_IMAGE, DELETED)
 
 
 def _key_bucket(key: str) -> int:

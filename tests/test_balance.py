@@ -11,7 +11,7 @@ from sw_zoo.data import balance
 
 def test_loss_weights_have_mean_one_and_favour_rare_tags():
   counts = np.array([5000, 500, 50, 5, 0])
-  for method in ("inverse_sqrt", "inverse", "effective_num"):
+  for method in ("inverse_sqrt", "inverse", "effective_num", "log_ratio"):
     w = balance.tag_loss_weights(counts, 10_000, method=method)
     assert w.dtype == np.float32 and w.shape == (5,)
     assert np.isclose(w.mean(), 1.0, atol=1e-6)
@@ -33,6 +33,33 @@ def test_effective_num_interpolates_between_uniform_and_inverse():
 def test_clip_bounds_the_weight_ratio():
   w = balance.tag_loss_weights([100_000, 10, 1], 100_000, method="inverse", clip=20.0)
   assert np.isclose(w.max() / w.min(), 20.0) and np.isclose(w.mean(), 1.0)
+
+
+def test_log_ratio_weights_follow_the_formula():
+  # w_t ~ log(1 + (max_count / count_t)^2), then rescaled to mean 1; num_examples plays no part.
+  counts = np.array([100, 50, 10, 1])
+  raw = np.log([1 + 1, 1 + 4, 1 + 100, 1 + 10_000])
+  w = balance.tag_loss_weights(counts, 1000, method="log_ratio")
+  assert w.dtype == np.float32
+  np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+  np.testing.assert_array_equal(balance.tag_loss_weights(counts, 10**6, method="log_ratio"), w)
+  # Equal counts: every ratio is 1, so all weights are log 2 before rescaling.
+  np.testing.assert_allclose(balance.tag_loss_weights([7, 7, 7], 10, method="log_ratio"), 1.0)
+
+
+def test_log_ratio_clip_and_zero_counts():
+  counts = np.array([100, 50, 10, 1])
+  raw = np.log1p(np.square(100.0 / counts))
+  w = balance.tag_loss_weights(counts, 1000, method="log_ratio", clip=5.0)
+  # clip bounds max/min to 5: min stays log 2, so the two rarest tags are capped at 5 log 2.
+  capped = np.minimum(raw, 5 * np.log(2))
+  np.testing.assert_allclose(w, capped / capped.mean(), rtol=1e-6)
+  assert np.isclose(w.max() / w.min(), 5.0) and np.isclose(w.mean(), 1.0)
+  # A zero count is treated as 1, as for the other methods (an unseen tag weighs like a singleton).
+  w0 = balance.tag_loss_weights([100, 50, 10, 0], 1000, method="log_ratio")
+  np.testing.assert_array_equal(w0, balance.tag_loss_weights(counts, 1000, method="log_ratio"))
+  # All counts zero: the ratios are all 1, the weights all equal.
+  np.testing.assert_allclose(balance.tag_loss_weights([0, 0], 5, method="log_ratio"), 1.0)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -307,6 +307,34 @@ def test_warm_start_from_a_timm_repo_starts_from_its_weights(timm_hub, timm_file
     warm_start.read_params(name, model=TIMM_SPEC)
 
 
+@pytest.mark.slow  # ~30 s: a two-step training run
+@needs_timm
+def test_own_data_recipe_from_a_timm_repo_builds_its_network_and_unfreezes_on_schedule(
+    timm_hub, timm_files, tiny_data, tmp_path):  # noqa: F811
+  from configs import own_data
+  from sw_zoo.train.loop import train_and_evaluate
+  from sw_zoo.train.recipe import PRETRAINED_FREEZE
+  from tests.test_train import set_keys
+
+  # Only the Hub name: the recipe builds test_nfnet with SE (the weights' network), freezes the
+  # stem and first two stages, and lets them train from half-way (step 1 of 2) on.
+  c = set_keys(own_data.get_config(f"init=hf-hub:{TIMM_REPO}"), {
+      "data.dir": tiny_data, "total_steps": 2, "batch_size": 8, "init.unfreeze_at": 0.5, "optim.warmup_epochs": 0.0,
+      "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 3, "checkpoint.async_save": False,
+      "wandb.mode": "disabled"})
+  train_and_evaluate(c, str(tmp_path / "run"))
+  assert (c.model.name, c.model.act, c.model.attn) == ("test_nfnet", "silu", "se")
+  assert c.init.freeze == PRETRAINED_FREEZE
+  expected = _expected(timm_files[2])
+  first, second = restore_params(str(tmp_path / "run"), 1), restore_params(str(tmp_path / "run"), 2)
+  frozen = [k for k in expected if k.startswith(("stem/", "stages_0_", "stages_1_"))]
+  trained = [k for k in expected if k not in frozen and k.endswith("/kernel")]
+  assert frozen and trained
+  assert all(np.array_equal(first[k], expected[k]) for k in frozen)  # held for the first step
+  assert not all(np.array_equal(first[k], expected[k]) for k in trained)
+  assert not all(np.array_equal(second[k], expected[k]) for k in frozen if k.endswith("/kernel"))  # then trained
+
+
 @needs_timm
 def test_timm_weights_must_fit_config_model_and_are_not_a_tagger(timm_hub, timm_files):
   name = f"hf-hub:{TIMM_REPO}"

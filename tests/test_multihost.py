@@ -63,8 +63,8 @@ def config_flags(o):
   return [f"--config.{k}={v}" for k, v in o.items()]
 
 
-def trainer_cmd(workdir, o):
-  return [sys.executable, "-m", "sw_zoo.train", "--config", os.path.join(REPO, "configs/demo.py"),
+def trainer_cmd(workdir, o, config="configs/demo.py"):
+  return [sys.executable, "-m", "sw_zoo.train", "--config", os.path.join(REPO, config),
           "--workdir", workdir, *config_flags(o)]
 
 
@@ -87,13 +87,13 @@ class Cluster:
   The coordinator address reaches process 0 by flag and the others by environment variables,
   so both ways of configuring a worker are exercised."""
 
-  def __init__(self, workdir, o, log_prefix, cache_dir, n=2):
+  def __init__(self, workdir, o, log_prefix, cache_dir, n=2, config="configs/demo.py"):
     port = free_port()
     self.logs = [f"{log_prefix}.p{i}.log" for i in range(n)]
     self.procs = []
     for i in range(n):
       env = child_env(2, cache_dir)
-      cmd = trainer_cmd(workdir, o)
+      cmd = trainer_cmd(workdir, o, config)
       if i == 0:
         cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}", "--process_id=0"]
       else:
@@ -144,8 +144,8 @@ def cluster(compile_cache):
   """Starts `Cluster`s; whatever is still running when the test ends is killed."""
   started = []
 
-  def start(workdir, o, log_prefix):
-    started.append(Cluster(workdir, o, log_prefix, compile_cache))
+  def start(workdir, o, log_prefix, config="configs/demo.py"):
+    started.append(Cluster(workdir, o, log_prefix, compile_cache, config=config))
     return started[-1]
 
   yield start
@@ -256,6 +256,22 @@ def test_two_process_run_stops_on_one_workers_signal_and_resumes_exactly(tiny_da
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = [r["step"] for r in map(json.loads, f) if "train/loss" in r]
   assert logged == list(range(1, total + 1))  # process 0 alone writes metrics, each step once
+
+
+@pytest.mark.slow
+def test_two_processes_take_one_recipe_and_one_time_plan(tiny_data, cluster, tmp_path):
+  """configs/own_data.py with a time budget on two hosts: the recipe and the plan are decided
+  from process 0's view and taken by both (a per-host decision would deadlock or split the run)."""
+  workdir = str(tmp_path / "run")
+  o = {"data.dir": tiny_data, "budget_minutes": 0.75, "model.name": "tiny", "data.num_threads": 1,
+       "log_every_steps": 5, "wandb.mode": "disabled"}
+  run = cluster(workdir, o, str(tmp_path / "own_data"), config="configs/own_data.py")
+  assert run.wait() == [0, 0], run.all_output()
+  first, second = run.output(0), run.output(1)
+  assert "Recipe for 96 training images" in first and "Recipe for" not in second, run.all_output()
+  plan = json.load(open(os.path.join(workdir, "budget.json")))
+  assert f"Final (step {plan['total_steps']})" in first, run.all_output()
+  assert json.load(open(os.path.join(workdir, "recipe.json")))["choices"]["batch_size"] % 4 == 0
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ split sizes, then iterates again to write shards).
     manifest   a CSV or JSON-lines file: path, tags[, rating][, id]
     danbooru   Danbooru20xx JSON-lines post metadata + 512px/<bucket>/<id>.jpg images
     sqlite     the fire-eggs Danbooru SQLite database SW-CV-ModelZoo trained from
+    e621       the e621 database export: posts CSV + tags CSV, images by md5
     tfds       a prepared tensorflow_datasets directory (array_record format)
 """
 
@@ -22,6 +23,7 @@ BAD_METADATA = "bad_metadata"            # unparsable manifest row / JSON line, 
 BAD_CAPTION_ENCODING = "bad_caption_encoding"  # caption or manifest text is not UTF-8
 NO_CAPTION = "no_caption"                # image without a sidecar tag file
 NOT_IMAGE = "not_image"                  # post is a video / archive (file_ext)
+DELETED = "deleted"                      # the site removed the post (e621's is_deleted), usually its file too
 BAD_ID = "bad_id"                        # id not an int in [0, 2**31)
 
 MAX_ID = 2**31 - 1  # Records carry ids the pipeline stores as int32.

@@ -26,7 +26,7 @@ COMMANDS = {
     "train": ("train", "train or resume a tagger        (sw-zoo train --config configs/demo.py --workdir runs/demo)"),
     "synthetic": ("synthetic", "generate the built-in dataset   (sw-zoo synthetic --out data/synthetic)"),
     "prepare": ("prepare", "convert images + tags to shards (sw-zoo prepare folder IMAGES_DIR --out data/mine;\n"
-                "              sources: folder, manifest, danbooru, sqlite, tfds)"),
+                "              sources: folder, manifest, danbooru, sqlite, e621, tfds)"),
     "inspect": ("inspect", "summarise a dataset + samples   (sw-zoo inspect data/mine --samples 16)"),
     "models": ("models", "list models / params and FLOPs  (sw-zoo models l2_silu_eca --image-size 384)"),
     "eval": ("eval", "score a checkpoint or bundle    (sw-zoo eval runs/demo --data data/synthetic --tta flip):\n"

@@ -4,6 +4,7 @@
     sw-zoo prepare manifest tags.csv --out data/mine [--image-root DIR]
     sw-zoo prepare danbooru metadata/ --image-root danbooru2021 --out data/db2021
     sw-zoo prepare sqlite   danbooru2021.db --image-root danbooru2021 --out data/db2021
+    sw-zoo prepare e621     posts.csv.gz --tags tags.csv.gz --image-root e621 --out data/e621
     sw-zoo prepare tfds     ~/tensorflow_datasets/my_ds/1.0.0 --out data/my_ds
 
 `sw-zoo inspect DATA` summarises a dataset; `sw-zoo synthetic` builds the built-in one.
@@ -31,8 +32,8 @@ images, missing files and non-UTF-8 captions are skipped and counted, never fata
 EPILOG = """\
 splits: validation = bucket >= 1000 - VAL_PERMILLE; the HOLDOUT_PERMILLE buckets below that are
   left out; the rest is train. bucket = post id % 1000 for sources with ids (danbooru, sqlite,
-  manifests with --id-column), else a stable hash of the image's relative path. SW-CV-ModelZoo's
-  Danbooru2021 split (train 0000-0899, validation 0970-0999) is --val-permille 30
+  e621, manifests with --id-column), else a stable hash of the image's relative path.
+  SW-CV-ModelZoo's Danbooru2021 split (train 0000-0899, validation 0970-0999) is --val-permille 30
   --holdout-permille 70.
 ratings: 'g'/'s'/'q'/'e' (or full names) become the WD rating tags general / sensitive /
   questionable / explicit. Danbooru's 2022 change renamed Safe to Sensitive and moved only
@@ -42,7 +43,10 @@ tag names: lower case, spaces -> underscores ('long hair' -> long_hair).
 """
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, *,
+                categories: str = "general,character,rating",
+                category_codes: str = "general 0, artist 1, copyright 3, character 4, meta 5, "
+                                      "rating 9") -> None:
   out = parser.add_argument_group("output")
   out.add_argument("--out", required=True, help="output dataset directory")
   out.add_argument("--shard-size", type=int, default=1000,
@@ -72,10 +76,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                            "bytes instead of re-encoding them")
 
   tags = parser.add_argument_group("tags")
-  tags.add_argument("--categories", default="general,character,rating",
-                    help="tag categories to keep, names or Danbooru codes (general 0, artist 1, "
-                         "copyright 3, character 4, meta 5, rating 9), or 'all' "
-                         "(general,character,rating)")
+  tags.add_argument("--categories", default=categories,
+                    help=f"tag categories to keep, names or sw_zoo (Danbooru) codes "
+                         f"({category_codes}), or 'all' ({categories})")
   tags.add_argument("--min-count", default="1",
                     help="minimum training-split count: N for every category, or per category "
                          "like general=50,character=100 (1)")
@@ -166,6 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"({field.default})")
   _add_common(p)
 
+  p = add("e621", "the e621 db_export: posts.csv[.gz] + tags.csv[.gz] + md5-named images",
+          "The e621 database export (e621.net/db_export), plain or gzip-compressed:\n"
+          "  posts CSV  id, md5, file_ext, rating, tag_string, is_deleted (other columns "
+          "ignored)\n"
+          "  tags CSV   id, name, category\n"
+          "Images: <image-root>/<md5[0:2]>/<md5[2:4]>/<md5>.<file_ext> (e621's own layout), "
+          "else\n<image-root>/<md5>.<file_ext>. Posts without an image (missing_file) are "
+          "skipped and\nlisted in report.json; deleted posts (deleted) and webm/swf/mp4 posts "
+          "(not_image) are\ncounted there. Tags missing from the tags CSV are counted as unknown "
+          "and dropped.\n"
+          "Categories: e621's are mapped onto sw_zoo's: meta (e621 7) becomes meta 5, species "
+          "(e621 5)\nbecomes a category of its own, code 10 (kept by default); contributor 2, "
+          "invalid 6 and\nlore 8 keep their codes. The names work in --categories, --min-count "
+          "and --top-k.\n"
+          "Ratings: s/q/e are read as Danbooru's; e621 has no separate General rating, its s "
+          "(Safe)\ncovers Danbooru's General and Sensitive and is sensitive unless "
+          "--rating-s-as general.")
+  p.add_argument("posts", help="posts-YYYY-MM-DD.csv[.gz]")
+  p.add_argument("--tags", required=True, help="tags-YYYY-MM-DD.csv[.gz]")
+  p.add_argument("--image-root", required=True, help="directory holding the md5-named images")
+  _add_common(p, categories="general,character,species,rating",
+              category_codes="general 0, artist 1, contributor 2, copyright 3, character 4, "
+                             "meta 5, invalid 6, lore 8, rating 9, species 10")
+
   p = add("tfds", "a prepared tensorflow_datasets directory",
           "A tensorflow_datasets dataset prepared on disk (the directory holding "
           "dataset_info.json). Needs one Image feature and one label feature: "
@@ -186,15 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace):
   from data_prep.convert import PrepareOptions  # pylint: disable=g-import-not-at-top
   from data_prep.tags import parse_categories, parse_per_category, parse_rating
+  categories, min_count, top_k = args.categories, args.min_count, args.top_k
+  if args.kind == "e621":  # e621-only category names (species, lore, ...) -> their codes.
+    from data_prep.sources.e621 import translate_category_spec
+    categories, min_count, top_k = map(translate_category_spec, (categories, min_count, top_k))
   keep = tuple(parse_rating(r, args.rating_s_as) or r.strip()
                for r in args.keep_ratings.split(",") if r.strip())
   return PrepareOptions(
       max_side=args.max_side or None, image_format=args.image_format, quality=args.quality,
       passthrough_jpeg=args.passthrough_jpeg, shard_size=args.shard_size,
       val_permille=args.val_permille, holdout_permille=args.holdout_permille,
-      categories=parse_categories(args.categories),
-      min_count=parse_per_category(args.min_count, "--min-count"),
-      top_k=parse_per_category(args.top_k, "--top-k"), blacklist=args.blacklist,
+      categories=parse_categories(categories),
+      min_count=parse_per_category(min_count, "--min-count"),
+      top_k=parse_per_category(top_k, "--top-k"), blacklist=args.blacklist,
       aliases=args.aliases, tag_categories=args.tag_categories, keep_ratings=keep,
       rating_s_as=args.rating_s_as, min_tags=args.min_tags)
 
@@ -219,6 +250,9 @@ def _source(args: argparse.Namespace):
                              for f in dataclasses.fields(SqliteSchema)})
     return SqliteSource(args.database, image_root=args.image_root,
                         image_template=args.image_template, schema=schema, where=args.where)
+  if args.kind == "e621":
+    from data_prep.sources.e621 import E621Source  # pylint: disable=g-import-not-at-top
+    return E621Source(args.posts, tags=args.tags, image_root=args.image_root)
   if args.kind == "tfds":
     from data_prep.sources.tfds_dir import TfdsSource  # pylint: disable=g-import-not-at-top
     return TfdsSource(args.directory, image_key=args.image_key, labels_key=args.labels_key,

@@ -118,13 +118,15 @@ def _main(argv):
   dist = distributed_args()
   if dist is not None:
     init_distributed(**dist)
-  from sw_zoo.train import config_check
+  from sw_zoo.train import config_check, recipe
 
+  # configs/own_data.py leaves settings to the recipe: chosen (and printed) before the checks.
+  record = recipe.resolve(_CONFIG.value, _WORKDIR.value)
   config_check.validate(_CONFIG.value)  # every bad key before any file is written
   ensure_synthetic_dataset(_CONFIG.value)
   from sw_zoo.train.loop import train_and_evaluate
 
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, recipe_record=record)
   if result.get("interrupted"):
     sys.exit(EXIT_INTERRUPTED)
 

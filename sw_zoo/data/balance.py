@@ -3,8 +3,9 @@
 Booru tag frequencies are long-tailed (a few tags on most posts, thousands on a handful), so two
 standard remedies are offered, each a pure function of tag counts:
 
-* `tag_loss_weights`: one weight per tag for the loss (inverse-sqrt frequency or the
-  "effective number of samples" of Cui et al. 2019), normalised to mean 1.
+* `tag_loss_weights`: one weight per tag for the loss (inverse-sqrt frequency, the
+  "effective number of samples" of Cui et al. 2019, or the log-ratio weights of the imbalanced
+  fine-tuning write-up), normalised to mean 1.
 * `repeat_factors` + `RepeatFactorSampler`: repeat factor sampling as in LVIS (Gupta et al. 2019).
   Each example gets r = max over its tags of max(1, sqrt(t / f(tag))), f = the fraction of
   examples carrying the tag; every epoch lists each example floor(r) times plus once more with
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-LOSS_WEIGHT_METHODS = ("none", "inverse_sqrt", "inverse", "effective_num")
+LOSS_WEIGHT_METHODS = ("none", "inverse_sqrt", "inverse", "effective_num", "log_ratio")
 
 
 def tag_loss_weights(counts: Sequence[int] | np.ndarray, num_examples: int, *,
@@ -39,8 +40,11 @@ def tag_loss_weights(counts: Sequence[int] | np.ndarray, num_examples: int, *,
     counts: number of training examples carrying each tag (e.g. `TagVocab.counts`, or
       `np.bincount` of `pipeline.read_split_labels`' indices). Zero counts are treated as 1.
     num_examples: number of training examples the counts were taken over.
-    method: 'none' (all ones), 'inverse_sqrt' (w ~ 1/sqrt(f)), 'inverse' (w ~ 1/f) or
-      'effective_num' (w ~ (1 - beta) / (1 - beta**count), Cui et al. 2019).
+    method: 'none' (all ones), 'inverse_sqrt' (w ~ 1/sqrt(f)), 'inverse' (w ~ 1/f),
+      'effective_num' (w ~ (1 - beta) / (1 - beta**count), Cui et al. 2019) or 'log_ratio'
+      (w ~ log(1 + (max_count / count)**2), from the imbalanced fine-tuning write-up; it grows
+      only logarithmically, ~2 log(max_count / count) for rare tags, and is independent of
+      num_examples).
     beta: for 'effective_num', in [0, 1); 0.999-0.9999 are usual (larger = closer to 1/count).
     clip: if set (>= 1), the largest weight is at most `clip` times the smallest, so a tag seen
       once cannot dominate the loss.
@@ -67,6 +71,10 @@ def tag_loss_weights(counts: Sequence[int] | np.ndarray, num_examples: int, *,
     weights = np.sqrt(num_examples / n)
   elif method == "inverse":
     weights = num_examples / n
+  elif method == "log_ratio":
+    # n >= 1 (zero counts were raised to 1 above), so an unseen tag weighs as much as a tag seen
+    # once, and the commonest tag gets log 2 > 0 rather than nothing.
+    weights = np.log1p(np.square(n.max() / n))
   else:
     if not 0.0 <= beta < 1.0:
       raise ValueError(f"beta must be in [0, 1) for method 'effective_num', got {beta!r}")

@@ -25,6 +25,7 @@ CATEGORY_COPYRIGHT = 3
 CATEGORY_CHARACTER = 4
 CATEGORY_META = 5
 CATEGORY_RATING = 9
+CATEGORY_SPECIES = 10  # e621's (its own code 5 is Danbooru's meta); data_prep.sources.e621 maps it here
 CATEGORY_NAMES = {
     CATEGORY_GENERAL: "general",
     CATEGORY_ARTIST: "artist",
@@ -32,6 +33,7 @@ CATEGORY_NAMES = {
     CATEGORY_CHARACTER: "character",
     CATEGORY_META: "meta",
     CATEGORY_RATING: "rating",
+    CATEGORY_SPECIES: "species",
 }
 
 CSV_HEADER = ("tag_id", "name", "category", "count")

@@ -170,6 +170,11 @@ VARIANTS: dict[str, NFNetConfig] = {
     # group_size 16 measured 15-25% faster than 8.
     "tiny": NFNetConfig(depths=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_chs=16, group_size=16,
                         bottle_ratio=0.5, feat_mult=2.0),
+    # cpu_s: between tiny and l0 for training on a CPU in minutes (configs/own_data.py picks it
+    # there): 1.5x tiny's widths and a second block in stage 2; see BUILD_NOTES (Models) for its
+    # speed and F1 against tiny.
+    "cpu_s": NFNetConfig(depths=(1, 1, 2, 1), channels=(48, 96, 192, 384), stem_chs=24, group_size=16,
+                         bottle_ratio=0.5, feat_mult=2.0),
     # timm test_nfnet (Hub weights: timm/test_nfnet.r160_in1k): the l* block layout with SE(0.25)
     # at toy widths; the CPU-sized timm checkpoint that tests warm starts from timm weights.
     "test_nfnet": NFNetConfig(depths=(1, 1, 1, 1), channels=(32, 64, 96, 128), feat_mult=1.5, group_size=8,

@@ -122,6 +122,13 @@ def validate(config: Any) -> None:
   check("optim.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 disables the EMA)")
   check("init.checkpoint", lambda v: isinstance(v, str), "a checkpoint path or ''")
   check("init.freeze", _is_regex, "a regular expression over param paths, or ''")
+  check("init.unfreeze_at", lambda v: 0 <= v < 1, "a fraction of the run in [0, 1) (0: frozen throughout)")
+  init = config.get("init") or {}
+  if (init.get("unfreeze_at") or 0) > 0 and not init.get("freeze"):
+    problems.append(f"config.init.unfreeze_at={init['unfreeze_at']} needs config.init.freeze: it says when "
+                    "the params matching that regex start training")
+  check("eval.count", lambda v: isinstance(v, int) and v >= 0,
+        "an int >= 0 (evaluations spread over the run; 0: every eval_every_steps)")
   check("checkpoint.keep_best", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
   check("eval.num_sample_predictions", lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
   check("eval.threshold", lambda v: 0 < v < 1, "a number in (0, 1)")

@@ -28,7 +28,7 @@ from sw_zoo.evaluation.evaluator import Evaluator
 from sw_zoo.inference import run_bundle
 from sw_zoo.models import abstract_params
 from sw_zoo.models.spec import remat_compiler_options, spec_from_run_config, training_options
-from sw_zoo.train import budget, config_check, losses, optimizer, profiling, steps, throughput, warm_start
+from sw_zoo.train import budget, config_check, losses, optimizer, profiling, recipe, steps, throughput, warm_start
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
 from sw_zoo.train.early_stop import EarlyStop
 from sw_zoo.train.periodic import itstime
@@ -57,11 +57,24 @@ def _steps_from(epochs: float, steps_value: int, steps_per_epoch: int) -> int:
   return int(steps_value) if steps_value > 0 else int(math.ceil(epochs * steps_per_epoch))
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+def eval_period(config: Any, total_steps: int, steps_per_epoch: int) -> int:
+  """Steps between validation passes: eval.count of them spread over the run, else
+  eval_every_steps, else one per epoch."""
+  count = int(config.eval.get("count", 0) or 0)
+  if count > 0:
+    return max(1, math.ceil(total_steps / count))
+  return config.eval_every_steps or steps_per_epoch
+
+
+def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, Any] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the final validation metrics plus
-  'step', 'interrupted' and throughput figures."""
+  'step', 'interrupted' and throughput figures. A config that leaves recipe keys open (None:
+  configs/own_data.py) has them chosen first (`recipe.resolve`; the CLI does that itself and
+  passes what it chose as `recipe_record`)."""
   # ---- Setup: every check before the first write ---------------------------------------------
   started = time.perf_counter()  # a time budget counts from here
+  if recipe_record is None:
+    recipe_record = recipe.resolve(config, workdir, log=log)
   config_check.validate(config)
   n_dev, n_proc = jax.device_count(), jax.process_count()
   config_check.check_devices(config, n_dev)
@@ -75,9 +88,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   warmup_steps = _steps_from(config.optim.warmup_epochs, config.optim.warmup_steps, steps_per_epoch)
   budget_minutes = float(config.get("budget_minutes", 0.0) or 0.0)
   plan = budget.load(workdir) if budget_minutes > 0 else None
+  unfreeze_step = _unfreeze_step(config, total_steps)
   if plan is not None:  # a resumed budget run keeps the total (and schedule) it planned
     total_steps = plan.total_steps
-  eval_every = config.eval_every_steps or steps_per_epoch
+    warmup_steps = plan.warmup_steps if plan.warmup_steps >= 0 else warmup_steps
+    unfreeze_step = plan.unfreeze_step if plan.unfreeze_step >= 0 else _unfreeze_step(config, total_steps)
+  eval_every = eval_period(config, total_steps, steps_per_epoch)
   image_size = config.data.image_size
   log(f"sw_zoo: {n_proc} process(es), {n_dev} device(s), mesh {dict(mesh.shape)}; dataset {data_dir}: "
       f"{num_train} train images, {len(tags)} tags; {total_steps} steps of {config.batch_size} "
@@ -85,7 +101,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   model = spec_from_run_config(config, len(tags)).create(**training_options(config))
   schedule = optimizer.make_schedule(config.optim, total_steps, warmup_steps)
-  tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze)
+  tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze, unfreeze_step=unfreeze_step)
 
   # ---- State: initialised straight into its shardings, or restored from the workdir --------
   init_fn = functools.partial(steps.init_state, model, tx, image_size=image_size, seed=config.seed,
@@ -118,9 +134,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     # Written only once the state exists: a refused resume leaves the run's config as it was.
     # eval / export rebuild the model from it.
     storage.write_text(storage.join(workdir, run_dir.CONFIG_FILE), config.to_json_best_effort(indent=2))
+    recipe.save(workdir, recipe_record)
 
   # ---- Compiled step and the shared evaluator ------------------------------------------------
   train_fn = _jitted_train_step(config, model, tx, schedule, tags, num_train, mesh, state_sh)
+  train_fn_key = (total_steps, warmup_steps, unfreeze_step)  # the schedule the compiled step has
   writer = MetricWriter(workdir, config)
   evaluator = Evaluator(model, mesh=mesh, num_tags=len(tags), threshold=config.eval.threshold,
                         params_sharding=state_sh.eval_params(),
@@ -129,6 +147,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   final_stats: dict[str, Any] = {}
 
   def validate(step: int) -> dict[str, float]:
+    # Steps still queued (dispatch is asynchronous) finish first, so they count as training time
+    # and the pass is timed alone.
+    jax.block_until_ready(state)
+    eval_start = time.perf_counter()
     result = evaluator.run(state.eval_params(), data_dir, split="validation",
                            global_batch_size=config.eval.batch_size or config.batch_size, image_size=image_size,
                            num_threads=config.data.num_threads, prefetch=config.data.prefetch)
@@ -137,6 +159,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     if result.samples is not None:
       writer.log_predictions(step, result.samples, tags.names, threshold=config.eval.threshold)
     final_stats.update(result.stats)  # the last pass's: the bundle's thresholds are tuned on it
+    if since is not None:
+      since.eval_s.append(time.perf_counter() - eval_start)
+      since.paused_s += since.eval_s[-1]
     return val
 
   peak = throughput.peak_flops_per_device(jax.devices()[0], config.peak_flops_per_device)
@@ -150,6 +175,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   pending: list[dict[str, jax.Array]] = []
   planning = budget_minutes > 0 and plan is None
   calibration: dict[str, float] = {}
+  since: budget.Since | None = None  # timings since the plan, for its revision
   try:
     while step < total_steps and tracker.stopped_at is None and not stop.should_stop(step):
       with profiler.step(step):
@@ -158,31 +184,55 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         if step_fn is None:
           # Lowered once by hand: the same compiled executable runs every step, and its
           # unpartitioned HLO gives the FLOPs per step for MFU.
+          if since is not None:
+            jax.block_until_ready(state)  # as for evaluations: queued steps are training time
+          lower_start = time.perf_counter()
           lowered = train_fn.lower(state, batch)
           step_flops = throughput.lowered_flops(lowered)
           compile_start = time.perf_counter()
           step_fn = lowered.compile(
               compiler_options=remat_compiler_options(config.model.remat, jax.devices()[0].platform))
           calibration.setdefault("compile_s", time.perf_counter() - compile_start)
+          if since is not None:
+            since.paused_s += time.perf_counter() - lower_start
         state, stats = step_fn(state, batch)
       step += 1
       timer.step()
+      new_plan = False
       if planning:
-        planned = _calibrate(calibration, step, state, validate, timer)
+        # Timing stops within the warm-up and the first quarter of the provisional run, so the
+        # steps it times see the LR the planned schedule gives them.
+        limit = min(warmup_steps or total_steps, total_steps // 4)
+        planned = _calibrate(calibration, step, state, validate, timer, budget_minutes * 60.0, started, limit)
         if planned is not None:
-          step_s, eval_s = planned
+          step_s, eval_s, elapsed_s, compile_s = planned
           total_steps = budget.plan_steps(
-              budget_s=budget_minutes * 60.0, elapsed_s=time.perf_counter() - started, step_s=step_s, eval_s=eval_s,
-              eval_every=eval_every, steps_done=step, recompile_s=calibration["compile_s"])
-          plan = budget.Plan(budget_minutes, total_steps, step_s, eval_s, step, time.perf_counter() - started)
-          if jax.process_index() == 0:
-            budget.save(workdir, plan)
-          log(f"Planned the run for its {plan.describe()}")
+              budget_s=budget_minutes * 60.0, elapsed_s=elapsed_s, step_s=step_s, eval_s=eval_s,
+              eval_every=eval_every, steps_done=step, recompile_s=compile_s,
+              eval_count=int(config.eval.get("count", 0) or 0))
+          # A warm-up longer than a tenth of the planned run would leave no room for the decay.
+          warmup_steps = min(warmup_steps, max(step, total_steps // 10))
+          unfreeze_step = _still_unfrozen(unfreeze_step, _unfreeze_step(config, total_steps), step)
+          plan = budget.Plan(budget_minutes, total_steps, step_s, eval_s, step, elapsed_s,
+                             replan_at=budget.replan_step(step, total_steps), compile_s=compile_s,
+                             warmup_steps=warmup_steps, unfreeze_step=unfreeze_step)
+          since = budget.Since(time.perf_counter(), step)
+          planning, new_plan = False, True
+      elif since is not None and step == plan.replan_at and not plan.replanned:
+        total_steps = _revise(plan, since, step, started, eval_every, state)
+        unfreeze_step = plan.unfreeze_step = _still_unfrozen(unfreeze_step, _unfreeze_step(config, total_steps), step)
+        new_plan = True
+      if new_plan:
+        if jax.process_index() == 0:
+          budget.save(workdir, plan)
+        log(f"Planned the run for its {plan.describe()}")
+        if (total_steps, warmup_steps, unfreeze_step) != train_fn_key:
           # The schedule for the planned total; the step is compiled again with it.
           schedule = optimizer.make_schedule(config.optim, total_steps, warmup_steps)
-          tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze)
+          tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze, unfreeze_step=unfreeze_step)
+          eval_every = eval_period(config, total_steps, steps_per_epoch)
           train_fn = _jitted_train_step(config, model, tx, schedule, tags, num_train, mesh, state_sh)
-          step_fn, planning = None, False
+          train_fn_key, step_fn = (total_steps, warmup_steps, unfreeze_step), None
       profiler.step_done(step, state)
       pending.append(stats)
       if itstime(step, config.log_every_steps, total_steps):
@@ -190,7 +240,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         pending.clear()
       # The final step is evaluated (and saved, ranked by that evaluation) after the loop.
       val = None
-      if itstime(step, eval_every, total_steps, last=False) and stop.signal_name is None:
+      # (Not while timing steps for the budget: the evaluation it times is its own.)
+      if itstime(step, eval_every, total_steps, last=False) and stop.signal_name is None and not planning:
+        # Queued steps finish outside the pause: they are training time (counted inside it, they
+        # made the logged images/s swing several-fold on windows with an evaluation).
+        jax.block_until_ready(state)
         with timer.paused():  # eval time is not training throughput
           val = validate(step)
         _log_val(step, val)
@@ -199,8 +253,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
           if jax.process_index() == 0:
             tracker.save()
       # Evaluated steps are saved with their F1 when keeping the best checkpoints.
-      if itstime(step, config.checkpoint.every_steps, total_steps, last=False) or (
-          val is not None and config.checkpoint.keep_best > 0):
+      if not planning and (itstime(step, config.checkpoint.every_steps, total_steps, last=False) or (
+          val is not None and config.checkpoint.keep_best > 0)):
         ckpt.save(step, state, train_iter, metrics=val, force=True)
     profiler.close(step, state)  # a run shorter than the profile window still gets its trace, without the eval
     if tracker.stopped_at is not None:
@@ -305,34 +359,82 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
       donate_argnums=(0,))
 
 
+def _unfreeze_step(config: Any, total_steps: int) -> int:
+  at = float(config.init.get("unfreeze_at", 0.0) or 0.0)
+  return max(1, round(at * total_steps)) if at > 0 else 0
+
+
+def _still_unfrozen(old: int, new: int, step: int) -> int:
+  """The unfreeze step after a (re)plan moved the total: params already training are never
+  frozen again, and a new step already behind us means now."""
+  if not old or not new:
+    return new
+  return old if step >= old else max(new, step)
+
+
 def _log_val(step: int, val: dict[str, float]) -> None:
   log(f"step {step:6d}  val micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}")
 
 
-def _calibrate(calibration: dict[str, float], step: int, state: Any, validate: Any, timer: Any
-               ) -> tuple[float, float] | None:
-  """For a time budget: times `budget.CALIBRATION_STEPS` steps after the first, then one
-  validation pass; returns (seconds per step, seconds per evaluation) once both are known, the
-  same on every process (process 0's figures)."""
+def _calibrate(calibration: dict[str, float], step: int, state: Any, validate: Any, timer: Any,
+               budget_s: float, started: float, limit: int) -> tuple[float, float, float, float] | None:
+  """For a time budget: times `budget.CALIBRATION_STEPS` steps after the first, then enough more
+  to fill `budget.CALIBRATION_SHARE` of the budget (the first steps after a compile also wait for
+  the input pipeline to fill, so timed alone they overstate the step time), then runs one
+  validation pass, ending by step `limit` at the latest (at least CALIBRATION_STEPS more);
+  returns (seconds per step, seconds per evaluation, seconds since `started`, seconds to compile
+  the step) once known, the same on every process (process 0's figures, so every process also
+  times the same steps and plans the same total)."""
   if "t0" not in calibration:
     jax.block_until_ready(state)  # dispatch is asynchronous: time finished steps only
     calibration["t0"], calibration["from"] = time.perf_counter(), step
     return None
-  if step - calibration["from"] < budget.CALIBRATION_STEPS:
+  if "until" not in calibration:
+    if step - calibration["from"] < budget.CALIBRATION_STEPS:
+      return None
+    jax.block_until_ready(state)
+    first_s = _agreed([(time.perf_counter() - calibration["t0"]) / budget.CALIBRATION_STEPS])[0]
+    calibration["until"] = min(step + budget.more_calibration_steps(budget_s, first_s),
+                               max(step + budget.CALIBRATION_STEPS, limit))
+    calibration["t0"], calibration["from"] = time.perf_counter(), step
+  if step < calibration["until"]:
     return None
   jax.block_until_ready(state)
-  step_s = (time.perf_counter() - calibration["t0"]) / budget.CALIBRATION_STEPS
+  step_s = (time.perf_counter() - calibration["t0"]) / max(step - calibration["from"], 1)
   with timer.paused():
     eval_start = time.perf_counter()
     val = validate(step)  # a real evaluation, logged like any other
     eval_s = time.perf_counter() - eval_start
   _log_val(step, val)
-  figures = np.asarray([step_s, eval_s], np.float64)
-  if jax.process_count() > 1:  # every process must plan the same total
+  step_s, eval_s, elapsed_s, compile_s = _agreed([step_s, eval_s, time.perf_counter() - started,
+                                                  calibration["compile_s"]])
+  return step_s, eval_s, elapsed_s, compile_s
+
+
+def _revise(plan: budget.Plan, since: budget.Since, step: int, started: float, eval_every: int,
+            state: Any) -> int:
+  """The plan's total revised from the steps and evaluations since it was made (process 0's
+  timings on every process); updates `plan` and returns its total."""
+  jax.block_until_ready(state)  # queued steps are part of the time per step
+  now = time.perf_counter()
+  eval_s = float(np.median(since.eval_s)) if since.eval_s else plan.eval_s
+  step_s, eval_s, elapsed_s = _agreed([since.step_s(now, step), eval_s, now - started])
+  total = budget.plan_steps(budget_s=plan.budget_minutes * 60.0, elapsed_s=elapsed_s, step_s=step_s, eval_s=eval_s,
+                            eval_every=eval_every, steps_done=step, recompile_s=plan.compile_s)
+  plan.step_s, plan.eval_s, plan.elapsed_s, plan.replanned = step_s, eval_s, elapsed_s, True
+  if abs(total - plan.total_steps) > budget.REPLAN_TOLERANCE * plan.total_steps:
+    plan.total_steps = total
+  return plan.total_steps
+
+
+def _agreed(figures: list[float]) -> list[float]:
+  """Process 0's figures on every process (each must plan the same)."""
+  values = np.asarray(figures, np.float64)
+  if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
-    figures = np.asarray(multihost_utils.broadcast_one_to_all(figures))
-  return float(figures[0]), float(figures[1])
+    values = np.asarray(multihost_utils.broadcast_one_to_all(values))
+  return [float(v) for v in values]
 
 
 def _log_window(step: int, total_steps: int, fetched: list[dict[str, Any]], timer: throughput.StepTimer,

@@ -7,9 +7,10 @@ Param selection is by regular expression over '/'-joined param paths such as
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -71,10 +72,14 @@ def frozen_mask_fn(freeze: str):
   return lambda params: _path_mask(params, lambda path, leaf: frozen(path))
 
 
-def make_optimizer(optim: Any, schedule: optax.Schedule, *, freeze: str = "") -> optax.GradientTransformation:
+def make_optimizer(optim: Any, schedule: optax.Schedule, *, freeze: str = "",
+                   unfreeze_step: int = 0) -> optax.GradientTransformation:
   """AGC (masked) followed by the chosen update rule; params matching `freeze` get zero updates
-  and no optimizer state. The masks are callables so optax applies them to whatever param tree
-  it is initialised with."""
+  and no optimizer state, or, with `unfreeze_step` > 0, zero updates for the first
+  `unfreeze_step` updates and normal ones after (a step skipped for a non-finite gradient makes no
+  update, so it delays the unfreeze by one step) (their optimizer state is kept from the start, so the moments are warm when they
+  start moving). The masks are callables so optax applies them to whatever param tree it is
+  initialised with."""
   parts = []
   if optim.agc_clip > 0:
     parts.append(optax.masked(optax.adaptive_grad_clip(optim.agc_clip, eps=1e-3), agc_mask_fn(optim.agc_exclude)))
@@ -92,12 +97,34 @@ def make_optimizer(optim: Any, schedule: optax.Schedule, *, freeze: str = "") ->
   else:
     raise ValueError(f"config.optim.name: {optim.name!r} is not one of {OPTIMIZERS}")
   tx = optax.chain(*parts)
+  if freeze and unfreeze_step > 0:
+    return optax.chain(tx, _zero_until(frozen_mask_fn(freeze), unfreeze_step))
   if freeze:
     is_frozen = frozen_mask_fn(freeze)
     tx = optax.multi_transform(
         {"train": tx, "frozen": optax.set_to_zero()},
         lambda params: jax.tree.map(lambda f: "frozen" if f else "train", is_frozen(params)))
   return tx
+
+
+class _CountState(NamedTuple):
+  count: jax.Array
+
+
+def _zero_until(mask_fn, step: int) -> optax.GradientTransformation:
+  """Zeroes the updates of the params `mask_fn` marks while fewer than `step` updates were made."""
+  def init(params):
+    del params
+    return _CountState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    frozen = state.count < step
+    mask = mask_fn(updates)  # python bools: the choice per leaf is static
+    updates = jax.tree.map(lambda u, m: jnp.where(frozen, jnp.zeros_like(u), u) if m else u, updates, mask)
+    return updates, _CountState(count=optax.safe_int32_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
 
 
 def frozen_count(params: Any, freeze: str) -> tuple[int, int]:

@@ -154,3 +154,47 @@ def match_params(source: dict[tuple[str, ...], np.ndarray], target_params: Any, 
     raise ValueError("config.init.checkpoint does not fit config.model (is it the same model variant?):\n  "
                      + "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
   return copied, fresh
+
+
+def source_model(path: str, *, use_ema: bool = True) -> tuple[str, str | None, str | None]:
+  """(model name, act, attn) of the network `config.init.checkpoint` holds, so a recipe can build
+  the model the weights fit instead of asking the user to spell it. Fetches a Hub name (once,
+  into the cache the warm start then reads)."""
+  what = f"config.init.checkpoint={path!r}"
+  architecture, local = None, path
+  if hub.is_hub_name(path):
+    try:
+      fetched = hub.fetch(path)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"config.init.checkpoint: {e}") from None
+    architecture, local = fetched.architecture, fetched.path
+  else:
+    weights, architecture = _local_timm(path)
+    if weights and not architecture:
+      raise ConfigError(f"{what}: a bare .safetensors file names no architecture; set config.model.name/act/attn")
+  if architecture is not None:
+    try:
+      name, kwargs = convert_timm.sw_zoo_model(architecture, where=what)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    cfg = model_config(name, **kwargs)
+    return name, cfg.act, cfg.attn
+  # A run's or bundle's config.json names its model: no need to load the weights for that.
+  config_path = os.path.join(os.path.abspath(os.path.expanduser(local)), "config.json")
+  model = None
+  if os.path.isfile(config_path):
+    try:
+      with open(config_path, encoding="utf-8") as f:
+        model = json.load(f).get("model")
+    except (OSError, ValueError, AttributeError):
+      model = None
+  if isinstance(model, dict) and isinstance(model.get("name"), str):
+    name, act, attn = model["name"], model.get("act"), model.get("attn")
+  else:
+    try:
+      spec = model_source.load(path, use_ema=use_ema).spec
+    except FileNotFoundError as e:
+      raise ConfigError(f"{what}: {e}") from None
+    name, act, attn = spec.name, spec.act, spec.attn
+  cfg = model_config(name, act=act, attn=None if attn in (None, "none") else attn)
+  return name, cfg.act, cfg.attn
