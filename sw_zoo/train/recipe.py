@@ -8,7 +8,8 @@ sizes, validation size) and the machine (CPU cores, or accelerator kind and coun
 
 Anything the user sets on the command line is not None and is kept as given. The choices are
 written to `<workdir>/recipe.json`; a resumed run reads them back instead of choosing again, so a
-resume on other hardware (or after the dataset grew) continues the same run.
+resume on other hardware (or after the dataset grew) continues the same run; a resume naming
+another data.dir or init.checkpoint is refused.
 
 The rules, and the measurements behind them, are in BUILD_NOTES.md (Training > Recipe for your own
 data). In short: on a CPU the small `cpu_s` NFNet at the images' own resolution (at most 128 px),
@@ -36,7 +37,8 @@ KEYS: dict[str, type] = {
     "model.name": str, "model.act": str, "model.attn": str, "model.dtype": str, "model.drop_path_rate": float,
     "data.image_size": int, "data.num_threads": int, "batch_size": int, "total_epochs": float,
     "optim.lr": float, "optim.warmup_epochs": float, "optim.ema_decay": float, "loss.name": str,
-    "data.augment_spec.ops": str, "eval.count": int, "eval.per_tag_min_count": int, "init.freeze": str, "init.unfreeze_at": float,
+    "data.augment_spec.ops": str, "eval.count": int, "eval.per_tag_min_count": int, "init.freeze": str,
+    "init.unfreeze_at": float,
 }
 # timm's transfer freeze: the stem and the first two stages.
 PRETRAINED_FREEZE = r"^(stem|stages_[01]_\d+)/"
