@@ -24,6 +24,7 @@ Args after the file name:
 from configs.common import base_config, parse_arg
 from sw_zoo.train import recipe
 
+
 def get_config(arg=None):
   arg = parse_arg(arg, init="")
   c = base_config()
