@@ -15,11 +15,12 @@ Args after the file name (`configs/l1_hswish_eca.py:runlocal,finetune,init=runs/
   res        training resolution (default 320; finetune: 384)
 """
 from configs.common import base_config, parse_arg
+from sw_zoo.train.recipe import PRETRAINED_FREEZE
 
 SIZES = ("l0", "l1", "l2")
 ACTIVATIONS = ("silu", "hswish", "relu")
 ATTENTIONS = ("eca", "none")
-TRANSFER_FREEZE = r"^(stem|stages_[01]_\d+)/"
+TRANSFER_FREEZE = PRETRAINED_FREEZE  # the stem and the first two stages, as configs/own_data.py's init=
 
 
 def recipe_name(size: str, act: str, attn: str) -> str:

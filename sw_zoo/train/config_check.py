@@ -28,7 +28,8 @@ def _is_regex(value) -> bool:
   return isinstance(value, str)
 
 
-def _get(config: Any, key: str):
+def get_key(config: Any, key: str):
+  """config['a']['b'] for 'a.b'; ConfigError naming the key when it is missing."""
   node = config
   for part in key.split("."):
     if part not in node:
@@ -45,7 +46,7 @@ def validate(config: Any) -> None:
 
   def check(key: str, ok, expected: str):
     try:
-      value = _get(config, key)
+      value = get_key(config, key)
     except ConfigError as e:
       problems.append(str(e))
       return

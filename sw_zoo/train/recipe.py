@@ -28,6 +28,7 @@ from typing import Any
 
 from sw_zoo import storage
 from sw_zoo.data import dataset_info
+from sw_zoo.train.config_check import ConfigError, get_key
 
 RECIPE_FILE = "recipe.json"
 # The config keys a recipe may choose (dotted, in the order they are reported) and their types: a
@@ -239,13 +240,6 @@ def choose(data: DataFacts, hw: Hardware, *, budget_minutes: float = 0.0,
   return out
 
 
-def _get(config: Any, key: str) -> Any:
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return node
-
-
 def _set(config: Any, key: str, value: Any) -> None:
   *parents, last = key.split(".")
   node = config
@@ -267,8 +261,8 @@ def open_keys(config: Any) -> list[str]:
   does not leave it open (validation names what is missing)."""
   def is_open(key: str) -> bool:
     try:
-      return _get(config, key) is None
-    except (KeyError, AttributeError):
+      return get_key(config, key) is None
+    except ConfigError:
       return False
   return [k for k in KEYS if is_open(k)]
 
@@ -349,7 +343,7 @@ def _choose_for(config: Any, keys: list[str], inputs: dict[str, Any]) -> dict[st
     if pretrained is None:
       from sw_zoo.train.warm_start import source_model
       pretrained = source_model(config.init.checkpoint, use_ema=config.init.use_ema)
-  given = {k: _get(config, k) for k in KEYS if k not in keys}
+  given = {k: get_key(config, k) for k in KEYS if k not in keys}
   options = choose(data, hw, budget_minutes=float(config.get("budget_minutes") or 0.0), pretrained=pretrained,
                    given=given)
   chosen, lines = {}, []

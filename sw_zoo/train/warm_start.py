@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from sw_zoo import run_dir
 from sw_zoo.inference import hub, model_source
 from sw_zoo.models import convert_timm
 from sw_zoo.models.registry import model_config
@@ -184,8 +185,7 @@ def source_model(path: str, *, use_ema: bool = True) -> tuple[str, str | None, s
   model = None
   if os.path.isfile(config_path):
     try:
-      with open(config_path, encoding="utf-8") as f:
-        model = json.load(f).get("model")
+      model = run_dir.read_json(config_path).get("model")
     except (OSError, ValueError, AttributeError):
       model = None
   if isinstance(model, dict) and isinstance(model.get("name"), str):
