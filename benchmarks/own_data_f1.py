@@ -17,17 +17,18 @@ and each tag's F1 are printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks.logged_command import run_logged  # noqa: E402
 
 from sw_zoo.data.dataset_info import read_dataset_info, selected_tags_path  # noqa: E402
 from sw_zoo.data.image_files import IMAGE_EXTENSIONS  # noqa: E402
@@ -36,13 +37,7 @@ from sw_zoo.data.vocab import read_selected_tags  # noqa: E402
 PY = sys.executable
 
 
-def _run(cmd: list[str], log: str) -> float:
-  start = time.perf_counter()
-  with open(log, "w") as out:
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-  if proc.returncode:
-    sys.exit(f"own_data_f1: {' '.join(cmd[:4])} ... failed (rc {proc.returncode}); see {log}")
-  return time.perf_counter() - start
+_run = functools.partial(run_logged, who="own_data_f1")
 
 
 def synthetic_folder(out: str, num_train: int) -> str:

@@ -62,6 +62,21 @@ def base_config() -> ml_collections.ConfigDict:
   # Repeat-factor over-sampling of images with rare tags (LVIS-style): an image is repeated
   # max(1, sqrt(t / f)) times per epoch for its rarest tag of frequency f. 0 disables.
   c.data.repeat_factor_threshold = 0.0
+  # Cap on an image's repeat factor (e.g. 4: at most 4 appearances per epoch however rare its
+  # tags, so a handful of images cannot fill the epoch); 0: no cap. Needs repeat_factor_threshold.
+  c.data.max_repeat = 0.0
+  # Under-sampling of over-represented tags: > 0, an image whose tags are ALL in more than tag_cap
+  # train images is kept with probability tag_cap / (count of its commonest tag), so such a tag is
+  # expected in ~tag_cap images per epoch plus those it shares with rarer tags (always kept, and
+  # repeated by repeat_factor_threshold: the under- then over-sampling of sw_zoo/data/balance.py).
+  # 0: off.
+  c.data.tag_cap = 0
+  # Sampling schedule, "SAMPLING:LENGTH,...,SAMPLING": balanced (the three options above) or all
+  # (every image once per epoch, reshuffled); LENGTH is "Nsteps" or "Nepochs", counted from step 0
+  # (so a budget_minutes plan does not move it); the last stage has none and runs to the end. E.g.
+  # "balanced:2epochs,all" = a balanced warm-up, then all data (sw_zoo/data/sampling.py).
+  # "": one stage, balanced if repeat_factor_threshold or tag_cap is set.
+  c.data.stages = ""
   c.data.num_threads = 16  # grain reader threads per process
   c.data.prefetch = 8  # batches prefetched per process
   # grain worker processes per host: 0 reads in the training process with num_threads threads
@@ -77,6 +92,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.image_size = 128
   c.data.synthetic.seed = 0
   c.data.synthetic.drop_tag_fraction = 0.0
+  # Store each image's largest-object box in its record (for a box head); images are unchanged.
+  c.data.synthetic.box = False
+  # Correlated, input-dependent label noise on train labels (data_prep/synthetic_noise.py): about
+  # this fraction of objects is missed with all their tags, and colours are misread; 0: none.
+  c.data.synthetic.correlated_noise = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "l0"  # a key of sw_zoo.models.VARIANTS
@@ -87,6 +107,18 @@ def base_config() -> ml_collections.ConfigDict:
   # Rematerialisation: each block's activations are recomputed in the backward pass instead of
   # kept, for less device memory (bigger batches / images) at ~1/3 more compute per step.
   c.model.remat = False
+  # Output heads (sw_zoo/models/heads.py), comma-separated: exactly one of "tags" (a linear tag
+  # head) and "heteroscedastic_tags" (the same logits as the mean of input-dependent, correlated
+  # logit noise, Monte Carlo averaged; for noisy labels), plus optionally "box" (one box per image,
+  # trained with loss.box_weight x smooth-L1; needs a dataset whose records carry boxes).
+  c.model.heads = "tags"
+  c.model.pool = "mean"  # global pooling before the heads: mean | attention (learned queries)
+  c.model.pool_heads = 8  # attention pooling: query heads (must divide the pooled width)
+  c.model.het = ml_collections.ConfigDict()
+  c.model.het.rank = 6  # rank of the low-rank part of the logit noise covariance
+  c.model.het.samples = 16  # Monte Carlo samples per image (training and prediction)
+  c.model.het.temperature = 1.0  # sampled logits are divided by this before the sigmoid
+  c.model.het.noise_scale = 1.0  # multiplies the noise (-> 0: the plain head)
 
   # Multi-label loss, summed over tags (sw_zoo/train/losses.py): bce | asl | focal.
   c.loss = ml_collections.ConfigDict()
@@ -97,6 +129,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.asl_clip = 0.05  # ASL probability margin: negatives below it cost nothing
   c.loss.focal_gamma = 2.0
   c.loss.focal_alpha = -1.0  # < 0: no alpha balancing
+  # Barron's robust loss around each tag's loss (sw_zoo/train/robust_loss.py): none | general
+  # (rho with robust_alpha / robust_scale fixed) | adaptive (alpha and scale learned per tag by
+  # their negative log-likelihood, starting from robust_alpha / robust_scale; alpha in (0, 2)).
+  c.loss.robust = "none"
+  c.loss.robust_alpha = 1.0  # 2: L2, 1: Charbonnier, 0: Cauchy, -2: Geman-McClure
+  c.loss.robust_scale = 0.5  # width of the quadratic bowl, in units of the per-tag loss
+  c.loss.robust_lr = 1e-3  # Adam learning rate of the adaptive alpha / scale latents
+  # Box head (model.heads has "box"): per image, box_weight x smooth-L1 over the normalised corners.
+  c.loss.box_weight = 10.0
+  c.loss.box_beta = 0.05  # smooth-L1's switch from quadratic to linear, in image fractions
   # Per-tag loss weights from training tag counts (sw_zoo/data/balance.py):
   # none | inverse_sqrt | inverse | effective_num | log_ratio; clip bounds max/min weight (0: unbounded).
   c.loss_weights = ml_collections.ConfigDict()
@@ -133,6 +175,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.ema_decay = 0.0  # EMA of weights (e.g. 0.9999); 0 disables. Eval/export use the EMA
   c.optim.ema_warmup = True  # decay ramps up as (1 + t) / (10 + t) until it reaches ema_decay
   c.optim.skip_nonfinite = True  # a NaN/Inf loss or gradient skips the update (counted)
+  # ReduceLROnPlateau (sw_zoo/train/plateau.py): after `patience` periodic evaluations in a row
+  # without a gain in `metric` above `min_delta`, the LR (the schedule's, so usually with
+  # schedule=constant) is multiplied by `factor`. The multiplier is optimizer state: checkpoints
+  # carry it and a resumed run continues with it; logged as train/lr_scale and train/effective_lr.
+  c.optim.plateau = ml_collections.ConfigDict()
+  c.optim.plateau.factor = 0.0  # e.g. 0.5; 0 disables (and leaves the optimizer state unchanged)
+  c.optim.plateau.patience = 2  # evaluations without a gain before each cut
+  c.optim.plateau.min_delta = 0.0  # a gain must exceed this to count
+  c.optim.plateau.min_scale = 0.01  # the multiplier never goes below this
+  c.optim.plateau.metric = "micro_f1"  # or macro_f1 (validation, at eval.threshold)
 
   # Where the initial weights come from (finetune / transfer); empty: random init.
   c.init = ml_collections.ConfigDict()

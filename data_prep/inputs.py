@@ -9,8 +9,9 @@ it a rerun would see the same arguments and silently keep the stale dataset.
                 fingerprint="hash", the sha256 of its bytes), the same for the sidecar caption
                 file (its absence counts too), inline image bytes, the tags as the source gives
                 them (normalised names, before aliases / blacklist, which are options and
-                fingerprinted as such), the raw rating and the reason a source already rejected
-                the item
+                fingerprinted as such), the raw rating, the reason a source already rejected
+                the item, and its box as the source gives it (only for items with a box, so
+                the fingerprints of box-less inputs are what they were before boxes existed)
 
 Only 16 bytes per item are kept (two `array('Q')`), so millions of posts cost tens of MB. The
 sorted pairs are stored as `<out>/input_manifest.npy`, so that a rerun can say how many items were
@@ -72,6 +73,8 @@ class InputHasher:
     h.update(b"i" + (hashlib.sha256(item.image).digest() if item.image is not None else b"-"))
     tags = sorted((normalize_tag(str(t.name)), t.category, t.tag_id) for t in item.tags)
     h.update(repr((tags, item.rating, item.error[0] if item.error else None)).encode())
+    if item.box is not None:  # A box edited in a manifest or box file is a changed input.
+      h.update(repr(("box", tuple(float(v) for v in item.box), item.box_units)).encode())
     self._keys.append(_hash64(item.key.encode("utf-8", "surrogateescape")))
     self._values.append(int.from_bytes(h.digest(), "little"))
 

@@ -51,8 +51,9 @@ def inspect(data_dir: str | os.PathLike, *, samples: int = 16, out: str | None =
         f"record schema {info['schema_version']}")
   for name, split_info in info["splits"].items():
     stats["splits"][name] = split_info["num_examples"]
+    boxes = split_info.get("num_boxes", 0)
     print(f"  {name:<12} {split_info['num_examples']:>10} examples  "
-          f"{len(split_info['shards']):>5} shards")
+          f"{len(split_info['shards']):>5} shards" + (f"  {boxes:>10} with a box" if boxes else ""))
 
   print("tags per category (label occurrences in train):")
   for code in sorted(set(vocab.categories.tolist()), key=lambda c: (c != 9, c != 0, c != 4, c)):

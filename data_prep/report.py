@@ -40,6 +40,7 @@ def build_report(out_dir: str, source_kind: str, scanned: Scan, written: Written
   return {
       "out_dir": out_dir, "source": source_kind,
       "written": {s: v["num_examples"] for s, v in written.splits.items()},
+      "boxes": {s: v.get("num_boxes", 0) for s, v in written.splits.items()},
       "skipped": dict(sorted(skipped.items())), "excluded": excluded,
       "num_labels": len(vocab), "vocab": _vocab_summary(vocab),
       "shards": {s: len(v["shards"]) for s, v in written.splits.items()},
@@ -61,6 +62,9 @@ def print_summary(out_dir: str, report: dict) -> None:
   written = ", ".join(f"{s} {n}" for s, n in report["written"].items())
   print(f"prepared {out_dir}: {written} images; {report['num_labels']} tags "
         f"{report['vocab']}")
+  boxes = report.get("boxes") or {}
+  if any(boxes.values()):
+    print("with a box: " + ", ".join(f"{s} {n}" for s, n in boxes.items()))
   if report["skipped"]:
     print(f"skipped {sum(report['skipped'].values())} bad items: " +
           ", ".join(f"{k} {v}" for k, v in sorted(report["skipped"].items())))

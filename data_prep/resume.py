@@ -190,7 +190,7 @@ def collect(progress_dir: str, out_dir: str, plan_shards: dict[str, int],
   splits_info, skipped_items = {}, []
   label_counts = collections.Counter()
   for split, num_shards in plan_shards.items():
-    shards, shard_examples, num_examples = [], [], 0
+    shards, shard_examples, num_examples, num_boxes = [], [], 0, 0
     for index in range(num_shards):
       record = read_record(progress_dir, out_dir, split, index)
       if record is None:
@@ -199,10 +199,12 @@ def collect(progress_dir: str, out_dir: str, plan_shards: dict[str, int],
         shards.append(record["shard"])
         shard_examples.append(record["num_records"])
       num_examples += record["num_records"]
+      num_boxes += record.get("num_boxes", 0)  # (records of runs from before boxes: none)
       skipped_items += record["skipped"]
       if split == "train":
         label_counts.update({int(i): int(n) for i, n in record["label_counts"]})
-    splits_info[split] = {"num_examples": num_examples, "shards": shards, "shard_examples": shard_examples}
+    splits_info[split] = {"num_examples": num_examples, "shards": shards,
+                          "shard_examples": shard_examples, "num_boxes": num_boxes}
   if splits_info.get("validation", {}).get("num_examples", 1) == 0:
     log.warning("the validation split is empty; raise --val-permille or add data")
   counted = TagVocab([Tag(name=t.name, category=t.category, count=label_counts.get(i, 0),

@@ -12,10 +12,30 @@ miscellaneous features, rare characters (category 4) and exactly one of the four
 Every tag is visible and survives the training augmentation; see data_prep/synthetic_scene.py,
 which draws the images. This module numbers the tags, writes examples and drives the workers.
 
+With `box=True` (`--box`, `config.data.synthetic.box`) each record also carries the box of the
+image's largest object (`synthetic_scene.largest_object_box`, exact to the painted pixels) and
+dataset.json counts them per split (`num_boxes`); images and labels are the same as without it.
+Off by default, so default datasets are byte-for-byte what they were.
+
+Label noise, on TRAIN labels only (validation stays clean, so it measures the truth); the true
+tags a train image lost are in its record's `dropped` field:
+- `drop_tag_fraction` (`--drop-tag-fraction`): each non-rating tag is forgotten independently
+  with this probability (missing labels).
+- `correlated_noise` (`--correlated-noise`, `config.data.synthetic.correlated_noise`): a careless
+  annotator (data_prep/synthetic_noise.py) misses whole objects, about this fraction of them and
+  more often small, low-contrast ones and those on busy backgrounds, dropping together every tag
+  only that object justifies and lowering the count tag, and misreads colours as a neighbouring
+  colour. Correlated and input-dependent, as the heteroscedastic head (model.heads) assumes. The
+  wrong tags it adds (the neighbour colour, the lower count) stand in `labels` and are recorded
+  nowhere in the record (regenerate with the option off for clean labels); dataset.json counts
+  them under the train split's `label_noise`, with the missed objects and dropped tags.
+Both off (0.0) by default, leaving the output byte-for-byte unchanged; with both on, the
+annotator's tags are made first and `drop_tag_fraction` forgets some of those.
+
 Determinism: example `i` of split `s` is drawn from `np.random.default_rng([seed, s, i])`
-(missing-label simulation from `[seed, s, i, 1]`), so output bytes do not depend on the number
-of worker processes. Shards are written first; `dataset.json` last and atomically, so its
-presence marks a complete dataset.
+(missing-label simulation from `[seed, s, i, 1]`, the annotator from `[seed, s, i, 2]`), so
+output bytes do not depend on the number of worker processes. Shards are written first;
+`dataset.json` last and atomically, so its presence marks a complete dataset.
 
 Output directory (`check_output`): the generator writes only into a directory that is absent,
 empty, or holds its own output: a dataset.json written by this generator, or the
@@ -41,8 +61,9 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from data_prep.synthetic_scene import (CHARACTER_TAGS, GENERAL_TAGS, RATING_TAGS, rating_of,
-                                       render_scene)
+from data_prep.synthetic_noise import annotate
+from data_prep.synthetic_scene import (CHARACTER_TAGS, GENERAL_TAGS, RATING_TAGS,
+                                       largest_object_box, rating_of, render_scene)
 from sw_zoo import progress, storage
 from sw_zoo.data.atomic_file import atomic_write_text, check_output_dir
 from sw_zoo.data.dataset_info import (DATASET_INFO_FILENAME, SELECTED_TAGS_FILENAME,
@@ -82,6 +103,8 @@ class _Config(NamedTuple):
   seed: int
   image_size: int
   drop_tag_fraction: float
+  box: bool = False
+  correlated_noise: float = 0.0
 
 
 _worker_config: _Config | None = None
@@ -92,36 +115,85 @@ def _init_worker(config: _Config) -> None:
   _worker_config = config
 
 
+def _indices(names: set[str]) -> np.ndarray:
+  return np.array(sorted(_VOCAB.index(n) for n in names), dtype=np.int32)
+
+
 def make_example(seed: int, split_id: int, index: int, image_size: int,
-                 drop_tag_fraction: float = 0.0) -> dict[str, Any]:
-  """One example as a record dict (see sw_zoo.data.records). Pure function of its arguments."""
+                 drop_tag_fraction: float = 0.0, box: bool = False,
+                 correlated_noise: float = 0.0) -> dict[str, Any]:
+  """One example as a record dict (see sw_zoo.data.records). Pure function of its arguments.
+  `box`: add the largest object's box (None for an image without objects). The two noise
+  options change train labels only (module docstring)."""
+  return _make_example(seed, split_id, index, image_size, drop_tag_fraction, box,
+                       correlated_noise)[0]
+
+
+class _NoiseCounts(NamedTuple):
+  """One train image's share of dataset.json's `label_noise` (correlated_noise on)."""
+  objects: int
+  missed_objects: int
+  confused_colors: int
+  true_tags: int  # non-rating tags, as are the next two
+  dropped_tags: int
+  added_tags: int
+
+
+def _make_example(seed, split_id, index, image_size, drop_tag_fraction, box, correlated_noise
+                  ) -> tuple[dict[str, Any], _NoiseCounts | None]:
   scene = render_scene(np.random.default_rng([seed, split_id, index]), image_size)
-  names = scene.tags | {rating_of(scene)}
-  labels = np.array(sorted(_VOCAB.index(n) for n in names), dtype=np.int32)
+  rating = rating_of(scene)
+  labels = true_labels = _indices(scene.tags | {rating})
   dropped = np.zeros((0,), np.int32)
-  if drop_tag_fraction > 0 and SPLITS[split_id] == "train":
+  train = SPLITS[split_id] == "train"
+  annotation = None
+  if correlated_noise > 0 and train:
+    # A careless annotator: whole objects missed, colours misread (data_prep/synthetic_noise.py).
+    annotation = annotate(scene, np.random.default_rng([seed, split_id, index, 2]),
+                          correlated_noise)
+    labels = _indices(annotation.tags | {rating})
+  if drop_tag_fraction > 0 and train:
     # Simulated missing labels: any non-rating tag may be forgotten by the "tagger".
     drop_rng = np.random.default_rng([seed, split_id, index, 1])
     droppable = labels >= _NUM_RATINGS
     drop = droppable & (drop_rng.random(labels.shape) < drop_tag_fraction)
-    labels, dropped = labels[~drop], labels[drop]
+    labels = labels[~drop]
+  if labels is not true_labels:
+    dropped = np.setdiff1d(true_labels, labels).astype(np.int32)  # true tags only, sorted
+  counts = None
+  if annotation is not None:
+    counts = _NoiseCounts(len(scene.placed), len(annotation.missed), len(annotation.confused),
+                          int(np.sum(true_labels >= _NUM_RATINGS)), len(dropped),
+                          len(np.setdiff1d(labels, true_labels)))
   buffer = io.BytesIO()
   Image.fromarray(scene.image).save(buffer, format="JPEG", quality=95)
-  return {"id": split_id * _SPLIT_ID_OFFSET + index, "image": buffer.getvalue(),
-          "labels": labels, "dropped": dropped, "source": f"synthetic/{SPLITS[split_id]}/{index}"}
+  example = {"id": split_id * _SPLIT_ID_OFFSET + index, "image": buffer.getvalue(),
+             "labels": labels, "dropped": dropped,
+             "source": f"synthetic/{SPLITS[split_id]}/{index}"}
+  if box:  # (The scene draws no random numbers for it: images and labels do not change.)
+    example["box"] = largest_object_box(scene)
+  return example, counts
 
 
-def _encoded_example(task: tuple[int, int]) -> tuple[bytes, np.ndarray]:
+def _encoded_example(task: tuple[int, int]) -> tuple[bytes, np.ndarray, bool, _NoiseCounts | None]:
   split_id, index = task
   c = _worker_config
-  example = make_example(c.seed, split_id, index, c.image_size, c.drop_tag_fraction)
-  return encode_record(example), example["labels"]
+  example, counts = _make_example(c.seed, split_id, index, c.image_size, c.drop_tag_fraction,
+                                  c.box, c.correlated_noise)
+  return encode_record(example), example["labels"], example.get("box") is not None, counts
 
 
-def _generator_args(num_train, num_val, image_size, seed, drop_tag_fraction, shard_size):
-  return {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "num_train": num_train,
+def _generator_args(num_train, num_val, image_size, seed, drop_tag_fraction, shard_size,
+                    box=False, correlated_noise=0.0):
+  args = {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "num_train": num_train,
           "num_val": num_val, "image_size": image_size, "seed": seed,
           "drop_tag_fraction": drop_tag_fraction, "shard_size": shard_size}
+  # Optional keys only when set, so datasets made before they existed are still current.
+  if box:
+    args["box"] = True
+  if correlated_noise > 0:
+    args["correlated_noise"] = correlated_noise
+  return args
 
 
 def is_synthetic_output(path: str) -> bool:
@@ -186,14 +258,23 @@ def _write_splits(out_dir: str, config: _Config, sizes: dict[str, int], shard_si
           results = pool.imap(_encoded_example, tasks(split_id), chunksize=32)
         else:
           results = map(_encoded_example, tasks(split_id))
+        num_boxes = 0
+        noise = np.zeros(len(_NoiseCounts._fields), np.int64)
         with ShardWriter(out_dir, split, shard_size) as writer:
-          for raw, labels in results:
+          for raw, labels, has_box, noise_counts in results:
             writer.write(raw)
+            num_boxes += has_box
             if split == "train":
               counts[labels] += 1
+            if noise_counts is not None:
+              noise += noise_counts
             bar.update(1)
         splits_info[split] = {"num_examples": sizes[split], "shards": writer.filenames,
                               "shard_examples": writer.shard_examples}
+        if config.box:
+          splits_info[split]["num_boxes"] = num_boxes
+        if config.correlated_noise > 0 and split == "train":
+          splits_info[split]["label_noise"] = dict(zip(_NoiseCounts._fields, noise.tolist()))
   finally:
     if pool is not None:
       pool.terminate()
@@ -204,7 +285,8 @@ def _write_splits(out_dir: str, config: _Config, sizes: dict[str, int], shard_si
 def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: int = 1_000,
              image_size: int = 128, seed: int = 0, drop_tag_fraction: float = 0.0,
              shard_size: int = 2_000, workers: int | None = None, overwrite: bool = False,
-             force: bool = False, progress: bool = True) -> dict[str, Any]:
+             force: bool = False, progress: bool = True, box: bool = False,
+             correlated_noise: float = 0.0) -> dict[str, Any]:
   """Generates the synthetic dataset into `out_dir` and returns its dataset.json contents.
 
   `out_dir` must be absent, empty or hold this generator's (possibly partial) output; any other
@@ -212,7 +294,9 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
   the existing info) when `out_dir` already holds a complete dataset made with the same
   arguments. A complete dataset made with other arguments is replaced only with
   `overwrite=True`; otherwise FileExistsError. `workers` defaults to the CPU count; 1 (or 0)
-  generates in this process. Output bytes do not depend on `workers`.
+  generates in this process. Output bytes do not depend on `workers`. `box=True` adds each
+  image's largest-object box to its record; `drop_tag_fraction` and `correlated_noise` corrupt
+  train labels (module docstring).
   """
   out_dir = os.fspath(out_dir)
   if num_train < 1 or num_val < 0:
@@ -225,8 +309,12 @@ def generate(out_dir: str | os.PathLike, *, num_train: int = 10_000, num_val: in
     raise ValueError(f"drop_tag_fraction must be in [0, 1), got {drop_tag_fraction}")
   if shard_size < 1:
     raise ValueError(f"shard_size must be positive, got {shard_size}")
+  if not isinstance(box, (bool, np.bool_)):
+    raise ValueError(f"box must be True or False, got {box!r}")
+  if isinstance(correlated_noise, bool) or not 0.0 <= correlated_noise < 1.0:
+    raise ValueError(f"correlated_noise must be a probability in [0, 1), got {correlated_noise!r}")
   args = _generator_args(num_train, num_val, image_size, seed, float(drop_tag_fraction),
-                         shard_size)
+                         shard_size, bool(box), float(correlated_noise))
   check_output(out_dir, force=force)
   if storage.is_remote(out_dir):
     # gs://: generated in the bucket's local mirror, uploaded with dataset.json last.
@@ -254,7 +342,9 @@ def _generate(out_dir: str, args: dict[str, Any], *, overwrite: bool, workers: i
 
   workers = (os.cpu_count() or 1) if workers is None else workers
   start = time.perf_counter()
-  splits_info, counts = _write_splits(out_dir, _Config(seed, image_size, float(drop_tag_fraction)),
+  config = _Config(seed, image_size, float(drop_tag_fraction), bool(args.get("box", False)),
+                   float(args.get("correlated_noise", 0.0)))
+  splits_info, counts = _write_splits(out_dir, config,
                                       {"train": num_train, "validation": num_val}, shard_size,
                                       workers, show_progress=progress)
   write_selected_tags(os.path.join(out_dir, SELECTED_TAGS_FILENAME),

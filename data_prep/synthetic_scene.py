@@ -6,7 +6,10 @@ edges and of zone boundaries, object colours always contrast with the background
 classes are separated by gaps. The tags and how often each is drawn are in
 data_prep/synthetic_tags.py.
 
-`render_scene(rng, image_size)` is a pure function of the generator state.
+`render_scene(rng, image_size)` is a pure function of the generator state;
+`largest_object_box(scene)` is the box of its largest object, from the pixels it was painted on;
+`object_contrast(scene, p)` is how far an object's colour stands from the background (what the
+simulated annotator of data_prep/synthetic_noise.py misses more often when it is low).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from data_prep.synthetic_tags import (BACKGROUND_KINDS, BACKGROUND_P, CENTER_HAL
                                       ZONE_WEIGHTS)
 
 # The vocabulary is imported from here by data_prep.synthetic.
-__all__ = ["CHARACTER_TAGS", "GENERAL_TAGS", "RATING_TAGS", "Scene", "rating_of", "render_scene"]
+__all__ = ["CHARACTER_TAGS", "GENERAL_TAGS", "RATING_TAGS", "Scene", "largest_object_box",
+           "object_contrast", "rating_of", "render_scene"]
 
 # Background colours for the pastel kinds.
 PASTELS = ((190, 215, 245), (245, 200, 215), (200, 235, 200), (250, 240, 185), (220, 205, 240),
@@ -41,6 +45,7 @@ _OBJECT_GAP = 0.035  # Minimum gap between boxes of objects that must not overla
 # twice the output size and is box-downsampled, which antialiases PIL's hard-edged polygons.
 
 _MIN_CONTRAST = 100.0  # Euclidean RGB distance an object colour keeps from the background.
+_SUPERSAMPLE = 2  # Canvas side / output side (the box-downsampling factor above).
 
 
 def _regular_polygon(sides: int, radius: float, phase: float) -> list[tuple[float, float]]:
@@ -407,6 +412,9 @@ class Scene(NamedTuple):
   placed: list[_Placed]
   tags: set[str]
   image: np.ndarray  # Final uint8 RGB [image_size, image_size, 3].
+  # The background colours object colours were chosen to contrast with (greyed when monochrome).
+  references: tuple = ()
+  monochrome: bool = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -615,18 +623,52 @@ def _object_tags(placed: list[_Placed], overlapped: bool, outlined: bool,
 def render_scene(rng: np.random.Generator, image_size: int) -> Scene:
   """Draws one image and returns it with its true tags (everything but the rating)."""
   tags: set[str] = set()
-  backdrop = _draw_background(rng, 2 * image_size, tags)  # Drawn at twice the size, see above.
+  backdrop = _draw_background(rng, _SUPERSAMPLE * image_size, tags)  # See "Geometry" above.
   _draw_border(rng, backdrop, tags)
   plan = _plan_objects(rng, backdrop)
   placed, overlapped = _place_objects(rng, plan, backdrop)
   outlined, shadowed = _paint_objects(rng, plan, backdrop, placed)
   _draw_sparkles(rng, backdrop, placed, tags)
   image = _draw_text(rng, backdrop, tags)
-  image = image.reduce(2)  # 2x2 box filter: the antialiasing step.
+  image = image.reduce(_SUPERSAMPLE)  # 2x2 box filter: the antialiasing step.
   if backdrop.monochrome:
     image = image.convert("L").convert("RGB")
   tags |= _object_tags(placed, overlapped, outlined, shadowed)
-  return Scene(backdrop.kind, placed, tags, np.asarray(image))
+  return Scene(backdrop.kind, placed, tags, np.asarray(image),
+               tuple(tuple(float(v) for v in r) for r in backdrop.references), backdrop.monochrome)
+
+
+def largest_object_box(scene: Scene) -> tuple[float, float, float, float] | None:
+  """(x0, y0, x1, y1) normalised to the image: the tight box of the fill pixels (all layers, not
+  outline or shadow) painted for the object with the most of them, or None for an image without
+  objects. Exact at canvas resolution, so the box edges are where painted pixels start and stop
+  (the 2x downsampling turns those into half-covered output pixels at most). Objects are kept
+  inside the image, but the mask is clipped to the canvas all the same, as `_paint` clips."""
+  canvas_side = _SUPERSAMPLE * scene.image.shape[0]
+  best, best_area = None, 0
+  for p in scene.placed:
+    h, w = p.union.shape
+    top, left = max(p.y0, 0), max(p.x0, 0)
+    visible = p.union[top - p.y0:min(p.y0 + h, canvas_side) - p.y0,
+                      left - p.x0:min(p.x0 + w, canvas_side) - p.x0]
+    area = int(np.count_nonzero(visible))
+    if area > best_area:  # Strictly larger: ties go to the object painted first.
+      rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+      best, best_area = (left + cols[0], top + rows[0], left + cols[-1] + 1,
+                         top + rows[-1] + 1), area
+  if best is None:
+    return None
+  return tuple(float(v) / canvas_side for v in best)
+
+
+def object_contrast(scene: Scene, p: _Placed) -> float:
+  """Euclidean RGB distance from the object's colour (a character's dominant colour; greyed in a
+  monochrome image) to the nearest background reference colour: >= 100 by construction for
+  shapes and characters, up to ~440 for black on white."""
+  rgb = COLORS[p.obj.color] if p.obj.color else _CHARACTER_LAYERS[p.obj.kind][0][0]
+  if scene.monochrome:
+    rgb = _to_grey(rgb)
+  return min((_distance(rgb, r) for r in scene.references), default=_MIN_CONTRAST)
 
 
 def rating_of(scene: Scene) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from data_prep import boxes
+from data_prep.sources import BAD_BOX
 from sw_zoo.data.image_io import UNREADABLE_IMAGE, ImageError, prepare_image
 from sw_zoo.data.records import encode_record
 
@@ -29,6 +31,8 @@ class Task(NamedTuple):
   image: bytes | None
   labels: tuple[int, ...]
   error: tuple[str, str] | None
+  box: tuple[float, float, float, float] | None = None  # As the source gave it (SourceItem.box).
+  box_units: str = "normalised"
 
 
 class Result(NamedTuple):
@@ -41,6 +45,7 @@ class Result(NamedTuple):
   labels: tuple[int, ...]
   status: str  # "ok" or a skip reason.
   payload: Any  # Record bytes, or the skip detail.
+  has_box: bool = False  # The record carries a box.
 
 
 # Set once per worker process, so the config is not pickled with every task.
@@ -55,19 +60,28 @@ def init_worker(config: ImageConfig) -> None:
 
 def process(task: Task) -> Result:
   """Image -> record bytes, or the reason it was skipped. Never raises for bad input."""
-  def result(status, payload):
+  def result(status, payload, has_box=False):
     return Result(task.split, task.shard, task.last, task.key, task.path, task.labels, status,
-                  payload)
+                  payload, has_box)
 
   if task.error is not None:
     return result(*task.error)
   c = _worker_config
+  source = task.image if task.image is not None else task.path
   try:
-    image = prepare_image(task.image if task.image is not None else task.path,
-                          max_side=c.max_side, image_format=c.image_format, quality=c.quality,
-                          passthrough_jpeg=c.passthrough_jpeg)
+    image = prepare_image(source, max_side=c.max_side, image_format=c.image_format,
+                          quality=c.quality, passthrough_jpeg=c.passthrough_jpeg)
+    box = None
+    if task.box is not None:
+      # After the image: a missing or broken file is reported as such, not as a bad box. The
+      # stored image keeps the displayed aspect, so normalised coordinates carry over as they are.
+      try:
+        box = boxes.to_normalised(task.box, task.box_units, source)
+      except ValueError as e:
+        return result(BAD_BOX, f"{task.path or task.key}: {e}")
     return result("ok", encode_record({"id": task.item_id, "image": image,
-                                       "labels": list(task.labels), "source": task.key}))
+                                       "labels": list(task.labels), "source": task.key,
+                                       "box": box}), box is not None)
   except ImageError as e:
     return result(e.reason, str(e))
   except Exception as e:  # Whatever a decoder throws, this item is skipped, the run goes on.

@@ -45,11 +45,13 @@ class _OpenShard:
                               num_shards=num_shards)
     self.skipped: list[dict] = []
     self.label_counts: collections.Counter = collections.Counter()
+    self.num_boxes = 0
 
   def add(self, result: Result) -> None:
     if result.status == "ok":
       self.writer.write(result.payload)
       self.label_counts.update(result.labels)
+      self.num_boxes += result.has_box
     else:
       self.skipped.append({"reason": result.status, "source": result.key,
                            "path": result.path, "detail": result.payload})
@@ -60,7 +62,7 @@ class _OpenShard:
     record = {"split": self.split, "index": self.index, "shard": shard,
               "bytes": os.path.getsize(os.path.join(out_dir, shard)) if shard else 0,
               "num_records": self.writer.num_records, "skipped": self.skipped,
-              "label_counts": sorted(self.label_counts.items())}
+              "label_counts": sorted(self.label_counts.items()), "num_boxes": self.num_boxes}
     resume.write_record(progress_dir, record)
     return record
 
@@ -91,7 +93,7 @@ def _tasks(source: Source, mapper: TagMapper, vocab: TagVocab, plan: ShardPlan, 
     if len(labels) < options.min_tags:
       error = (NO_TAGS, f"{len(labels)} labels in the vocabulary (need {options.min_tags})")
     yield Task(r.split, shard, last, r.item_id, r.item.key, r.item.path, r.item.image,
-               tuple(sorted(labels)), error)
+               tuple(sorted(labels)), error, r.item.box, r.item.box_units)
 
 
 def write_shards(source: Source, mapper: TagMapper, vocab: TagVocab, plan: ShardPlan, done: set,

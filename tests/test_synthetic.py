@@ -199,3 +199,126 @@ def test_an_interrupted_generation_is_its_own_and_resumes(tmp_path, monkeypatch)
   assert info["splits"]["train"]["num_examples"] == SMALL["num_train"]
   assert not (tmp_path / synthetic.MARKER_FILENAME).exists()
   assert not (tmp_path / "train-00000-of-00009.array_record").exists()
+
+
+# ---- correlated_noise: a careless annotator on train labels ----------------------------------
+
+def _object_tags(obj, color=None):
+  tags = {obj.kind, obj.size_tag, obj.zone}
+  if not obj.is_character:
+    tags.add(f"{color or obj.color}_object")
+  return tags
+
+
+def test_correlated_noise_off_is_byte_identical(clean_dir, tmp_path):
+  info = synthetic.generate(tmp_path, **SMALL, correlated_noise=0.0, workers=1, progress=False)
+  assert _shard_bytes(tmp_path) == _shard_bytes(clean_dir)
+  assert (tmp_path / "selected_tags.csv").read_bytes() == (clean_dir / "selected_tags.csv").read_bytes()
+  assert info["generator"] == dataset_info.read_dataset_info(clean_dir)["generator"]
+  assert "label_noise" not in info["splits"]["train"]
+  with pytest.raises(ValueError, match="correlated_noise"):
+    synthetic.generate(tmp_path / "bad", **SMALL, correlated_noise=1.0, progress=False)
+
+
+def test_annotator_that_sees_everything_tags_the_truth():
+  from data_prep import synthetic_noise
+  from data_prep.synthetic_scene import render_scene
+  for i in range(150):
+    scene = render_scene(np.random.default_rng([3, 0, i]), 32)
+    assert synthetic_noise.seen_tags(scene, list(range(len(scene.placed)))) == scene.tags
+    nobody = synthetic_noise.annotate(scene, np.random.default_rng(i), 0.0)
+    assert nobody.tags == scene.tags and not nobody.missed and not nobody.confused
+
+
+def test_correlated_noise_changes_train_labels_only_in_object_groups(clean_dir, tmp_path):
+  from data_prep import synthetic_noise
+  from data_prep.synthetic_scene import rating_of, render_scene
+  from data_prep.synthetic_tags import COLOR_TAGS, COUNT_TAGS
+  names = synthetic.tag_vocab().names
+  # Two spawned workers, with boxes too: the records must be the in-process ones.
+  info = synthetic.generate(tmp_path, **SMALL, correlated_noise=0.3, box=True, workers=2,
+                            progress=False)
+  assert info["generator"]["correlated_noise"] == 0.3 and info["generator"]["box"] is True
+  noise = info["splits"]["train"]["label_noise"]
+  assert noise["missed_objects"] > 0 and noise["dropped_tags"] > 0
+  clean_val = _records(clean_dir, "validation")
+  for clean, noisy in zip(clean_val, _records(tmp_path, "validation")):
+    # Validation labels stay the truth.
+    assert noisy == {**clean, "labels": noisy["labels"], "dropped": noisy["dropped"], "box": noisy["box"]}
+    np.testing.assert_array_equal(noisy["labels"], clean["labels"])
+    assert len(noisy["dropped"]) == 0
+  missed_total = 0
+  for i, (clean, noisy) in enumerate(zip(_records(clean_dir, "train"), _records(tmp_path, "train"))):
+    expected = synthetic.make_example(0, 0, i, 32, box=True, correlated_noise=0.3)
+    assert noisy["image"] == clean["image"]
+    np.testing.assert_array_equal(noisy["labels"], expected["labels"])
+    np.testing.assert_array_equal(noisy["box"], np.asarray(expected["box"], np.float32))
+    truth = {names[k] for k in clean["labels"]}
+    given, dropped = {names[k] for k in noisy["labels"]}, {names[k] for k in noisy["dropped"]}
+    assert dropped == truth - given  # every lost true tag is recorded, nothing else
+    assert given - truth <= set(COUNT_TAGS) | set(COLOR_TAGS)  # the only wrong tags added
+    # Checked against the scene: what was lost comes in whole objects.
+    scene = render_scene(np.random.default_rng([0, 0, i]), 32)
+    assert rating_of(scene) in given and truth == scene.tags | {rating_of(scene)}
+    note = synthetic_noise.annotate(scene, np.random.default_rng([0, 0, i, 2]), 0.3)
+    missed_total += len(note.missed)
+    seen = [k for k in range(len(scene.placed)) if k not in note.missed]
+    still_justified = set().union(*[_object_tags(scene.placed[k].obj, note.confused.get(k))
+                                    for k in seen])
+    group_tags = set()
+    for k in note.missed:  # each missed object's tags go together, unless another object has them
+      group = _object_tags(scene.placed[k].obj) - still_justified
+      assert group <= dropped, (i, k, group, dropped)
+      group_tags |= group
+    for k, color in note.confused.items():  # a misread colour: the true one out, the neighbour in
+      true_color = f"{scene.placed[k].obj.color}_object"
+      assert f"{color}_object" in given
+      if true_color not in still_justified:
+        assert true_color in dropped
+        group_tags.add(true_color)
+    assert dropped - group_tags <= set(COUNT_TAGS) | {"overlapping_objects", "outline", "drop_shadow"}
+    if note.missed:
+      assert COUNT_TAGS[len(scene.placed) - 1] in dropped
+      if seen:
+        assert COUNT_TAGS[len(seen) - 1] in given
+    else:
+      assert not dropped - group_tags
+  assert missed_total == noise["missed_objects"]
+
+
+def test_correlated_noise_rate_and_its_dependence_on_the_image():
+  from data_prep import synthetic_noise
+  from data_prep.synthetic_scene import object_contrast, render_scene
+  missed = {"small_object": [], "medium_object": [], "large_object": []}
+  by_contrast = {True: [], False: []}
+  for i in range(800):
+    scene = render_scene(np.random.default_rng([0, 0, i]), 32)
+    note = synthetic_noise.annotate(scene, np.random.default_rng([0, 0, i, 2]), 0.3)
+    for k, p in enumerate(scene.placed):
+      missed[p.obj.size_tag].append(k in note.missed)
+      by_contrast[object_contrast(scene, p) < 160].append(k in note.missed)
+  rate = np.mean(sum(missed.values(), []))
+  assert 0.26 < rate < 0.34, rate
+  small, medium, large = (np.mean(missed[t]) for t in ("small_object", "medium_object", "large_object"))
+  assert small > medium > large and small > 2.5 * large, (small, medium, large)
+  assert np.mean(by_contrast[True]) > 1.3 * np.mean(by_contrast[False])
+  from data_prep.synthetic_tags import COLORS
+  neighbours = synthetic_noise.COLOR_NEIGHBOURS
+  assert set(neighbours) == set(COLORS) and {c for g in neighbours.values() for c in g} <= set(COLORS)
+
+
+def test_correlated_noise_cli_and_trainer_config(tmp_path):
+  import ml_collections
+  from sw_zoo.cli.train import ensure_synthetic_dataset
+  out = tmp_path / "cli"
+  assert cli.main(["synthetic", "--out", str(out), "--num-train", "8", "--num-val", "4",
+                   "--image-size", "32", "--workers", "1", "--no-progress",
+                   "--correlated-noise", "0.25"]) == 0
+  assert dataset_info.read_dataset_info(out)["generator"]["correlated_noise"] == 0.25
+  config = ml_collections.ConfigDict({"data": {"dir": str(tmp_path / "trainer"), "synthetic": {
+      "enabled": True, "num_train": 8, "num_val": 4, "image_size": 32, "seed": 0,
+      "drop_tag_fraction": 0.0, "box": False, "correlated_noise": 0.25}}})
+  ensure_synthetic_dataset(config)
+  trained = tmp_path / "trainer"
+  assert dataset_info.read_dataset_info(trained)["generator"] == dataset_info.read_dataset_info(out)["generator"]
+  assert _shard_bytes(trained) == _shard_bytes(out)

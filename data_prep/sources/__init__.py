@@ -25,6 +25,7 @@ NO_CAPTION = "no_caption"                # image without a sidecar tag file
 NOT_IMAGE = "not_image"                  # post is a video / archive (file_ext)
 DELETED = "deleted"                      # the site removed the post (e621's is_deleted), usually its file too
 BAD_ID = "bad_id"                        # id not an int in [0, 2**31)
+BAD_BOX = "bad_box"                      # box values unparsable or outside the image (data_prep.boxes)
 
 MAX_ID = 2**31 - 1  # Records carry ids the pipeline stores as int32.
 
@@ -43,6 +44,9 @@ class SourceItem:
   unknown_tags: tag references the source could not resolve (e.g. a tag_id with no tags row).
   sidecar: the caption file the tags were read from (folder sources), so that editing it counts
     as a change of the inputs (`data_prep.inputs`).
+  box: one object's box (x0, y0, x1, y1) as the source gives it, in `box_units` ("normalised" or
+    "pixels", see `data_prep.boxes`), or None; made into the record's normalised box when the
+    image is converted.
   """
   key: str
   id: int | None = None
@@ -54,6 +58,8 @@ class SourceItem:
   error: tuple[str, str] | None = None
   unknown_tags: Sequence[str] = ()
   sidecar: str | None = None
+  box: tuple[float, float, float, float] | None = None
+  box_units: str = "normalised"
 
 
 class Source(Protocol):

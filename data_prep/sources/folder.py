@@ -6,6 +6,10 @@
 The caption is `<stem><ext>` or else `<name><ext>` (ext `.txt` by default). Files are visited in
 sorted order (directories too, hidden ones skipped, symlinked directories not followed), so the
 order and the item numbering are the same on every run and machine.
+
+With `box_ext` (e.g. `.box`), a box file found beside the image the same way
+(`img001.box` or `post.jpg.box`) gives one object's box, in `box_units`; its format is in
+data_prep.boxes. An image without one has no box; a bad one skips the image as `bad_box`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from data_prep.sources import BAD_CAPTION_ENCODING, NO_CAPTION, SourceItem
+from data_prep import boxes
+from data_prep.sources import BAD_BOX, BAD_CAPTION_ENCODING, NO_CAPTION, SourceItem
 from sw_zoo.data.image_files import is_image_name, iter_files, iter_images
 from data_prep.tags import RawTag, parse_tag_string
 
@@ -23,26 +28,47 @@ class FolderSource:
   split_by = "key"
 
   def __init__(self, root: str | os.PathLike, *, caption_ext: str = ".txt",
-               exclude: str | os.PathLike | None = None):
+               exclude: str | os.PathLike | None = None, box_ext: str | None = None,
+               box_units: str = "normalised"):
     self.root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(self.root):
       raise ValueError(f"folder source {self.root} is not a directory")
     self.caption_ext = caption_ext if caption_ext.startswith(".") else f".{caption_ext}"
+    self.box_ext = (box_ext if box_ext.startswith(".") else f".{box_ext}") if box_ext else None
+    if self.box_ext == self.caption_ext:
+      raise ValueError(f"box files and caption files cannot share the extension {box_ext!r}")
+    self.box_units = boxes.check_units(box_units)
     # The output directory, when it lies inside the tree, must not be read as input.
     self.exclude = os.path.abspath(os.fspath(exclude)) if exclude else None
 
   def describe(self) -> dict[str, Any]:
-    return {"root": self.root, "caption_ext": self.caption_ext}
+    described = {"root": self.root, "caption_ext": self.caption_ext}
+    if self.box_ext:  # Only then: datasets made before boxes keep their fingerprint.
+      described.update(box_ext=self.box_ext, box_units=self.box_units)
+    return described
 
   def _image_paths(self) -> Iterator[str]:
     yield from iter_images(self.root, exclude=self.exclude)
 
-  def _caption_path(self, image_path: str) -> str | None:
-    for candidate in (os.path.splitext(image_path)[0] + self.caption_ext,
-                      image_path + self.caption_ext):
+  def _caption_path(self, image_path: str, ext: str | None = None) -> str | None:
+    """The sidecar with extension `ext` (default: the caption's) beside an image, or None."""
+    ext = ext or self.caption_ext
+    for candidate in (os.path.splitext(image_path)[0] + ext, image_path + ext):
       if os.path.isfile(candidate):
         return candidate
     return None
+
+  def _box(self, image_path: str) -> tuple[float, float, float, float] | None:
+    """The image's box from its box file (None without one); ValueError naming the file."""
+    path = self._caption_path(image_path, self.box_ext)
+    if path is None:
+      return None
+    with open(path, "rb") as f:
+      raw = f.read()
+    try:
+      return boxes.parse_box_text(raw.decode("utf-8-sig"), self.box_units)
+    except (UnicodeDecodeError, ValueError) as e:
+      raise ValueError(f"{path}: {e}") from None
 
   def orphan_captions(self) -> list[dict[str, str]]:
     """Tag files no image claims ({"path", "hint"}), in walk order: their tags would be lost
@@ -54,6 +80,8 @@ class FolderSource:
         claimed.update((os.path.splitext(path)[0] + self.caption_ext, path + self.caption_ext))
       elif path.endswith(self.caption_ext):
         captions.append(path)
+      elif self.box_ext and path.endswith(self.box_ext):
+        continue  # A sidecar, not a candidate for "the image you meant" in the hint below.
       else:
         by_stem.setdefault(os.path.splitext(path)[0], []).append(path)
     orphans = []
@@ -89,5 +117,13 @@ class FolderSource:
         yield SourceItem(key=key, path=path, sidecar=caption,
                          error=(BAD_CAPTION_ENCODING, f"{caption} is not UTF-8: {e}"))
         continue
+      box = None
+      if self.box_ext:
+        try:
+          box = self._box(path)
+        except ValueError as e:
+          yield SourceItem(key=key, path=path, sidecar=caption, error=(BAD_BOX, str(e)))
+          continue
       yield SourceItem(key=key, path=path, sidecar=caption,
-                       tags=[RawTag(t) for t in parse_tag_string(text)])
+                       tags=[RawTag(t) for t in parse_tag_string(text)], box=box,
+                       box_units=self.box_units)

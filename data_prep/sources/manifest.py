@@ -8,6 +8,10 @@
 the id (id % 1000), otherwise from a hash of the path as written. Relative paths are resolved
 against `image_root` (default: the manifest's directory). `.csv` / `.tsv` files are read as
 CSV, anything else as JSON lines.
+
+`box_columns` names four columns holding one object's box (x0, y0, x1, y1) in `box_units`
+(normalised or pixels, see data_prep.boxes); a row with all four empty (or null) has no box, a
+row with a bad box is skipped as `bad_box`.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from data_prep.sources import (BAD_CAPTION_ENCODING, BAD_ID, BAD_METADATA, SourceItem, check_id)
+from data_prep import boxes
+from data_prep.sources import (BAD_BOX, BAD_CAPTION_ENCODING, BAD_ID, BAD_METADATA, SourceItem,
+                               check_id)
 from data_prep.tags import RawTag, normalize_tag, parse_tag_string
 
 
@@ -36,7 +42,8 @@ class ManifestSource:
 
   def __init__(self, manifest: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                path_column: str = "path", tags_column: str = "tags",
-               rating_column: str | None = "rating", id_column: str | None = None):
+               rating_column: str | None = "rating", id_column: str | None = None,
+               box_columns: Sequence[str] | str | None = None, box_units: str = "normalised"):
     self.manifest = os.path.abspath(os.fspath(manifest))
     if not os.path.isfile(self.manifest):
       raise ValueError(f"manifest {self.manifest} does not exist")
@@ -45,11 +52,21 @@ class ManifestSource:
     self.rating_column, self.id_column = rating_column or None, id_column or None
     self.is_csv = self.manifest.lower().endswith((".csv", ".tsv"))
     self.split_by = "id" if self.id_column else "key"
+    if isinstance(box_columns, str):
+      box_columns = [c.strip() for c in box_columns.split(",")]
+    self.box_columns = tuple(box_columns) if box_columns else None
+    if self.box_columns is not None and (len(self.box_columns) != 4 or not all(self.box_columns)):
+      raise ValueError(f"box columns must name 4 columns x0,y0,x1,y1, got {box_columns!r}")
+    self.box_units = boxes.check_units(box_units)
 
   def describe(self) -> dict[str, Any]:
-    return {"manifest": self.manifest, "image_root": self.image_root,
-            "columns": {"path": self.path_column, "tags": self.tags_column,
-                        "rating": self.rating_column, "id": self.id_column}}
+    columns = {"path": self.path_column, "tags": self.tags_column,
+               "rating": self.rating_column, "id": self.id_column}
+    described = {"manifest": self.manifest, "image_root": self.image_root, "columns": columns}
+    if self.box_columns:  # Only then: datasets made before boxes keep their fingerprint.
+      columns["box"] = list(self.box_columns)
+      described["box_units"] = self.box_units
+    return described
 
   def _rows(self) -> Iterator[tuple[str, dict | None, str | None]]:
     """(where, row dict or None, problem)."""
@@ -62,6 +79,10 @@ class ManifestSource:
           if column not in (reader.fieldnames or ()):
             raise ValueError(f"{self.manifest}: header {reader.fieldnames} has no column "
                              f"{column!r} (set it with --path-column / --tags-column)")
+        for column in self.box_columns or ():
+          if column not in (reader.fieldnames or ()):
+            raise ValueError(f"{self.manifest}: header {reader.fieldnames} has no box column "
+                             f"{column!r} (set them with --box-columns x0,y0,x1,y1)")
         for row in reader:
           yield f"{name}:{reader.line_num}", row, None
       else:
@@ -117,5 +138,13 @@ class ManifestSource:
           yield SourceItem(key=key, error=(BAD_ID, f"{self.manifest} {where}: {e}"))
           continue
       rating = row.get(self.rating_column) if self.rating_column else None
+      box = None
+      if self.box_columns:
+        try:
+          box = boxes.parse_values([row.get(c) for c in self.box_columns], self.box_units)
+        except ValueError as e:
+          yield SourceItem(key=key, error=(BAD_BOX, f"{self.manifest} {where}: {e}"))
+          continue
       yield SourceItem(key=key, id=post_id, path=os.path.join(self.image_root, key),
-                       tags=[RawTag(n) for n in names if n], rating=rating or None)
+                       tags=[RawTag(n) for n in names if n], rating=rating or None, box=box,
+                       box_units=self.box_units)

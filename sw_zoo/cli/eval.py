@@ -10,6 +10,8 @@ Writes to --out (default SOURCE/eval_<split>, or .../eval_<split>_step<N> for on
   thresholds.json      suggested threshold per category (also written into a bundle's config.json
                        when it has a `thresholds` key)
   pr_curve.png, f1_vs_threshold.png, tag_f1_vs_frequency.png
+  box_best_worst.png   (a model with a box head) the 3 best and 3 worst boxes by IoU; the
+                       summary then has box_mean_iou and box_iou50_accuracy
 and prints a table per category. Multi-host: run the same command on every host with --multihost.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sw_zoo.cli.common import init_distributed
 from sw_zoo.evaluation import thresholds as thresholds_lib
 
 DEFAULT_BATCH_SIZE = 64
+BOX_EXAMPLES = 3  # best and worst box predictions drawn (the timm box-head write-up's top-3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
   import jax
 
   from sw_zoo import sharding, storage
-  from sw_zoo.evaluation import eval_outputs, report
+  from sw_zoo.evaluation import box_metrics, eval_outputs, report
   from sw_zoo.evaluation.evaluator import Evaluator
   from sw_zoo.data.atomic_file import check_output_dir
   from sw_zoo.inference.bundle import CONFIG_FILE
@@ -132,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
   if lead:
     print(f"sw-zoo eval: {source.described}; {spec.name} act={spec.act} attn={spec.attn} at {source.image_size}px; "
           f"{data_dir} split {args.split!r}, {len(tags)} tags; batch {batch_size}, tta {args.tta}", flush=True)
-  evaluator = Evaluator(model, mesh=mesh, num_tags=len(tags), threshold=threshold, num_bins=args.bins, tta=args.tta)
+  has_box = "box" in (spec.overrides.get("heads") or ())
+  evaluator = Evaluator(model, mesh=mesh, num_tags=len(tags), threshold=threshold, num_bins=args.bins, tta=args.tta,
+                        box=has_box)
   result = evaluator.run(source.nested_params(), data_dir, split=args.split, global_batch_size=batch_size,
                          image_size=source.image_size, num_threads=args.num_threads or settings.get("num_threads") or 2,
                          prefetch=settings.get("prefetch") or 4, timing_repeats=args.timing_repeats,
-                         show_progress=not args.no_progress)
+                         show_progress=not args.no_progress, box_examples=BOX_EXAMPLES if has_box else 0)
   rep = report.summarise(result.stats, tags, threshold=threshold)
   suggested = thresholds_lib.suggest(rep.categories, method=args.threshold_method, split=args.split, bins=args.bins)
   num_images = int(result.stats["num_images"])
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
   if source.train_summary and "train_images_per_s" in source.train_summary:
     summary["train_images_per_s"] = source.train_summary["train_images_per_s"]
   summary.update(rep.categories[report.ALL])  # top level = all tags, as the trainer's summary
+  if has_box:
+    summary.update(box_metrics.box_scores(result.stats))
   summary["categories"] = rep.categories
   summary["thresholds"] = suggested
   if not lead:
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
   # Checked above (empty, absent, our own or --force), so stale files of its own kinds may go.
   with storage.output_dir(out_dir, owned=lambda rel: True) as local_out:
     written = eval_outputs.write(local_out, summary, rep, tags, suggested, threshold=threshold,
-                                 plots=not args.no_plots)
+                                 plots=not args.no_plots, box_extremes=result.box_extremes)
   bundle_dir = source.root if source.kind == "bundle" else source.run_bundle()
   bundle_config = os.path.join(bundle_dir, CONFIG_FILE) if bundle_dir else None
   if bundle_config and thresholds_lib.update_bundle(bundle_config, suggested):
@@ -171,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
   speed = f"{result.forward_images_per_s:.1f} img/s forward" if result.forward_images_per_s else "forward not timed"
   print(f"{num_images} images, {speed}; suggested thresholds ({args.threshold_method}): "
         + ", ".join(f"{k} {v:.4f}" for k, v in suggested["by_category"].items()))
+  if has_box:
+    scores = box_metrics.box_scores(result.stats)
+    print(f"Box head: {scores['boxes']} labelled boxes, mean IoU {scores['box_mean_iou']:.4f}, "
+          f"IoU>={box_metrics.IOU_HIT} accuracy {scores['box_iou50_accuracy']:.4f}")
   print(f"Wrote {', '.join(written)} to {out_dir}")
   return 0
 

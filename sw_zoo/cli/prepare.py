@@ -105,6 +105,14 @@ def _add_common(parser: argparse.ArgumentParser, *,
                       help="share left out between train and validation, in 1/1000 (0)")
 
 
+def _add_box_units(parser) -> None:
+  parser.add_argument("--box-units", choices=("normalised", "normalized", "pixels"),
+                      default="normalised",
+                      help="box coordinates as fractions of the image's width/height, or as "
+                           "pixel edges of the image as displayed (EXIF orientation applied), "
+                           "normalised by its size (normalised)")
+
+
 def _add_template(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--image-root", required=True, help="directory the image paths start at")
   parser.add_argument("--image-template", default="512px/{bucket}/{id}.jpg",
@@ -129,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
           "rating. All tags are general unless --tag-categories is given.")
   p.add_argument("root", help="the image folder (searched recursively)")
   p.add_argument("--caption-ext", default=".txt", help="tag file extension (.txt)")
+  p.add_argument("--box-ext", default=None,
+                 help="read one object's box from a file with this extension beside each image "
+                      "(img.png + img.box, or img.png.box): 'x0 y0 x1 y1' (spaces or commas), "
+                      "or JSON [x0, y0, x1, y1] / {\"x0\": ..., \"y0\": ..., \"x1\": ..., "
+                      "\"y1\": ...}; an empty file or none means no box (default: no boxes)")
+  _add_box_units(p)
   _add_common(p)
 
   p = add("manifest", "a CSV or JSON-lines list: path, tags[, rating][, id]",
@@ -142,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--rating-column", default="rating", help="(rating; '' for none)")
   p.add_argument("--id-column", default=None,
                  help="integer post ids; when given, splits use id %% 1000")
+  p.add_argument("--box-columns", default=None, metavar="X0,Y0,X1,Y1",
+                 help="four columns holding one object's box (left, top, right, bottom); rows "
+                      "with all four empty have no box (default: no boxes)")
+  _add_box_units(p)
   _add_common(p)
 
   p = add("danbooru", "Danbooru20xx JSON-lines metadata + 512px/<bucket>/<id>.jpg images",
@@ -233,12 +251,14 @@ def _options(args: argparse.Namespace):
 def _source(args: argparse.Namespace):
   if args.kind == "folder":
     from data_prep.sources.folder import FolderSource  # pylint: disable=g-import-not-at-top
-    return FolderSource(args.root, caption_ext=args.caption_ext, exclude=args.out)
+    return FolderSource(args.root, caption_ext=args.caption_ext, exclude=args.out,
+                        box_ext=args.box_ext, box_units=args.box_units)
   if args.kind == "manifest":
     from data_prep.sources.manifest import ManifestSource  # pylint: disable=g-import-not-at-top
     return ManifestSource(args.manifest, image_root=args.image_root,
                           path_column=args.path_column, tags_column=args.tags_column,
-                          rating_column=args.rating_column, id_column=args.id_column)
+                          rating_column=args.rating_column, id_column=args.id_column,
+                          box_columns=args.box_columns, box_units=args.box_units)
   if args.kind == "danbooru":
     from data_prep.sources.danbooru import DanbooruSource  # pylint: disable=g-import-not-at-top
     return DanbooruSource(args.metadata, image_root=args.image_root,

@@ -24,6 +24,18 @@ def main(argv: list[str] | None = None) -> int:
                       help="probability of removing each true non-rating tag from a TRAIN "
                            "image's labels, to simulate missing labels; removed tags are kept in "
                            "the record's 'dropped' field; validation stays clean (0.0)")
+  parser.add_argument("--correlated-noise", type=float, default=0.0, metavar="P",
+                      help="correlated, input-dependent label noise on TRAIN images: an annotator "
+                           "misses about this fraction of objects (small, low-contrast ones and "
+                           "those on busy backgrounds more often), dropping all tags only that "
+                           "object justifies and lowering the count tag, and misreads some colours "
+                           "as a neighbouring one; removed true tags go to 'dropped', the wrong "
+                           "tags added are counted in dataset.json only; validation stays clean "
+                           "(0.0)")
+  parser.add_argument("--box", action="store_true",
+                      help="store the bounding box of each image's largest object in its record "
+                           "(normalised x0, y0, x1, y1; for training a box head); images and "
+                           "tags are unchanged")
   parser.add_argument("--shard-size", type=int, default=2_000, help="records per shard (2000)")
   parser.add_argument("--workers", type=int, default=None,
                       help="worker processes (default: CPU count; 1 = in-process)")
@@ -38,5 +50,6 @@ def main(argv: list[str] | None = None) -> int:
   synthetic.generate(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                      seed=args.seed, drop_tag_fraction=args.drop_tag_fraction, shard_size=args.shard_size,
                      workers=args.workers, overwrite=args.overwrite, force=args.force,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, box=args.box,
+                     correlated_noise=args.correlated_noise)
   return 0

@@ -87,7 +87,9 @@ def ensure_synthetic_dataset(config) -> None:
     if jax.process_index() == 0:
       print(f"Generating the synthetic dataset in {data_dir} (first run only) ...", flush=True)
     synthetic.generate(data_dir, num_train=s.num_train, num_val=s.num_val, image_size=s.image_size,
-                       seed=s.seed, drop_tag_fraction=s.drop_tag_fraction)
+                       seed=s.seed, drop_tag_fraction=s.drop_tag_fraction,
+                       box=s.get("box", False),  # (configs saved before the keys existed)
+                       correlated_noise=s.get("correlated_noise", 0.0))
 
   if not marker.exists():
     from data_prep import synthetic

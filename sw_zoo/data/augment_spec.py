@@ -23,6 +23,10 @@ like PIL's filters do. A spec without a sizing op starts from `preprocess_eval`,
 spec `{"ops": "shift,flip"}` is `augment()` (flip + shift) on the eval preprocessing, pixel for
 pixel. That one never rescales, which matters for datasets whose size tags are fractions of the
 image side (the synthetic demo); `rrc` does rescale.
+
+A record's box (one object per image) moves with the pixels through every op: letterbox, rrc,
+resize, shift, flip and rotate move it, cutout leaves it where it is; see `augment` for how, and
+for when a box cut away by a crop is dropped.
 """
 from __future__ import annotations
 

@@ -12,6 +12,10 @@ standard remedies are offered, each a pure function of tag counts:
   probability frac(r), reshuffled, deterministically per (seed, epoch). `normalize=True` rescales
   r to mean 1, which also under-samples examples whose tags are all common and keeps the epoch
   length. `pipeline.make_train_dataset(repeat_factor_threshold=t)` wires it in.
+* `tag_cap_keep` + `sampling_factors`: the write-up's under-sampling of over-represented classes
+  before over-sampling the rest, for multi-label data: an example whose tags are all in more
+  than N images is kept with probability N / (count of its commonest tag); every other example
+  keeps its (capped) repeat factor. `make_train_dataset(tag_cap=N, max_repeat=m)`.
 
 Labels are passed in CSR form, `(offsets, indices)`: example i carries tags
 `indices[offsets[i]:offsets[i + 1]]` (`labels_to_csr` builds it from a list of arrays); this
@@ -141,6 +145,61 @@ def repeat_factors(offsets: np.ndarray, indices: np.ndarray, *, threshold: float
     factors = np.minimum(factors, max_factor)
   if normalize:
     factors = factors / factors.mean()
+  return factors
+
+
+def tag_cap_keep(offsets: np.ndarray, indices: np.ndarray, *, cap_fraction: float,
+                 num_tags: int | None = None) -> np.ndarray:
+  """Keep probability per example, float64 [N] in (0, 1], capping over-represented tags.
+
+  A tag is over-represented when its frequency f (fraction of these examples carrying it) exceeds
+  `cap_fraction` (the cap N as a fraction of the split: N / num_examples). An example carrying
+  any tag that is not over-represented, or no tag, is always kept (p = 1): thinning it would also
+  thin that rarer tag. An example whose tags are all over-represented is kept with
+  p = min over its tags of cap_fraction / f(tag), the keep rate of its commonest tag. So every
+  kept-at-random example of a tag t has p <= cap_fraction / f(t), and t is expected in at most
+  N + (t's examples that carry a tag under the cap) images per epoch: the cap binds except where
+  keeping a rarer tag needs t's images.
+  """
+  offsets = np.asarray(offsets, np.int64)
+  indices = np.asarray(indices)
+  num_examples = len(offsets) - 1
+  if not cap_fraction > 0.0:
+    raise ValueError(f"cap_fraction must be > 0, got {cap_fraction!r}")
+  if num_examples < 1:
+    raise ValueError("tag_cap_keep needs at least one example")
+  num_tags = num_tags or (int(indices.max()) + 1 if indices.size else 1)
+  frequency = np.bincount(indices, minlength=num_tags) / num_examples
+  # Per tag: cap / f for over-represented tags (< 1), and 1 for the rest.
+  per_tag = np.minimum(1.0, cap_fraction / np.maximum(frequency, 1e-300))
+  keep = np.ones(num_examples, np.float64)
+  nonempty = np.flatnonzero(np.diff(offsets) > 0)
+  if nonempty.size:
+    # The max over tags is 1 iff some tag is under the cap; else it is cap / (largest f).
+    all_over = np.maximum.reduceat(per_tag[indices], offsets[nonempty]) < 1.0
+    keep[nonempty[all_over]] = np.minimum.reduceat(per_tag[indices], offsets[nonempty])[all_over]
+  return keep
+
+
+def sampling_factors(offsets: np.ndarray, indices: np.ndarray, *, num_tags: int | None = None,
+                     repeat_threshold: float | None = None, max_repeat: float | None = None,
+                     repeat_normalize: bool = False, cap_fraction: float | None = None) -> np.ndarray:
+  """Expected appearances per epoch of each example, float64 [N], for `RepeatFactorSampler`.
+
+  Examples whose tags are all over the cap (`tag_cap_keep` < 1) are under-sampled to their keep
+  probability; every other example gets its LVIS repeat factor (`repeat_factors` with
+  `repeat_threshold`, capped at `max_repeat`; 1 without a threshold). The two never multiply: an
+  example thinned for its common tags is not repeated back up, so the cap holds.
+  """
+  factors = np.ones(len(offsets) - 1, np.float64)
+  if repeat_threshold:
+    factors = repeat_factors(offsets, indices, threshold=repeat_threshold, num_tags=num_tags,
+                             normalize=repeat_normalize, max_factor=max_repeat or None)
+  elif max_repeat:
+    raise ValueError("max_repeat caps the repeat factors of repeat_threshold; set that too")
+  if cap_fraction:
+    keep = tag_cap_keep(offsets, indices, cap_fraction=cap_fraction, num_tags=num_tags)
+    factors = np.where(keep < 1.0, keep, factors)
   return factors
 
 

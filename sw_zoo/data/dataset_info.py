@@ -6,12 +6,16 @@
       "image_size": 128,                   # side of the stored square images, or null if mixed
       "num_labels": 64,                    # rows of selected_tags.csv
       "splits": {"train": {"num_examples": 10000,
-                           "shards": ["train-00000-of-00005.array_record", ...]}, ...},
+                           "shards": ["train-00000-of-00005.array_record", ...],
+                           "shard_examples": [2000, ...],    # optional: records per shard
+                           "num_boxes": 9876}, ...},         # optional: records with a box
       "created": "2025-01-01T00:00:00+00:00",
       "generator": {...}                   # the arguments that produced the data
     }
 
-Writers write this file last: its presence marks the directory as complete.
+Writers write this file last: its presence marks the directory as complete. `num_boxes` counts
+the split's records that carry the optional `box` (records.py); absent means none do (datasets
+written before boxes existed, the default synthetic set), see `num_boxes`.
 """
 
 from __future__ import annotations
@@ -74,12 +78,20 @@ def validate_dataset_info(info: Any, path: str, data_dir: str | None = None) -> 
     if counts is not None and (not isinstance(counts, list) or len(counts) != len(shards)
                                or not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != num):
       _fail(path, f"{key}.shard_examples", f"must list one non-negative count per shard, summing to {num}")
+    boxes = split.get("num_boxes", 0)
+    if isinstance(boxes, bool) or not isinstance(boxes, int) or not 0 <= boxes <= num:
+      _fail(path, f"{key}.num_boxes", f"must be an int in [0, num_examples={num}], got {boxes!r}")
     for shard in shards:
       if os.path.isabs(shard) or ".." in shard.split("/"):
         _fail(path, f"{key}.shards", f"must hold paths relative to the dataset dir, got {shard!r}")
       if data_dir is not None and not os.path.isfile(os.path.join(data_dir, shard)):
         _fail(path, f"{key}.shards",
               f"lists {shard!r} but {os.path.join(data_dir, shard)} does not exist")
+
+
+def num_boxes(info: dict[str, Any], split: str) -> int:
+  """How many records of `split` carry a box (0 for datasets that do not say)."""
+  return int(info["splits"][split].get("num_boxes", 0))
 
 
 def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:

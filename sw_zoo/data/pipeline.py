@@ -1,6 +1,7 @@
 """grain input pipelines: per-process slice -> decode -> (augment) -> fixed-shape batches.
 
-Training: slice -> shuffle per epoch (or repeat-factor sampling, `balance`) -> decode ->
+Training: slice -> shuffle per epoch (or balanced sampling, `balance`, or a schedule of both,
+`sampling`) -> decode ->
 `augment.make_augmenter(spec)` -> batch. Evaluation: slice -> decode -> `preprocess_eval` -> batch.
 
 Each process reads only its own disjoint, contiguous slice of a split (`process_slice`), so the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Iterator
 
 import grain
@@ -27,7 +28,8 @@ from sw_zoo.data import augment as augment_lib
 from sw_zoo import storage
 from sw_zoo.data import balance
 from sw_zoo.data import remote_dataset
-from sw_zoo.data.preprocess import preprocess_eval
+from sw_zoo.data import sampling
+from sw_zoo.data.preprocess import box_after_letterbox, preprocess_eval
 from sw_zoo.data.dataset_info import read_dataset_info, split_paths
 from sw_zoo.data.records import decode_image, decode_record
 
@@ -101,27 +103,52 @@ def _decode_pixels(record: dict[str, Any], prepare: Callable[[np.ndarray], np.nd
     raise ValueError(f"record id {record['id']} ({record['source'] or 'no source'}): {e}") from e
 
 
-def decode_example(raw: bytes, *, num_labels: int, image_size: int) -> dict[str, Any]:
+def _box_fields(box: np.ndarray | None) -> dict[str, np.ndarray]:
+  """An example's 'box' (float32 [4], normalised to the model input square; zeros when there is
+  none) and 'box_mask' (float32 1.0 when there is one), so that batches keep a fixed shape."""
+  if box is None:
+    return {"box": np.zeros((4,), np.float32), "box_mask": np.float32(0.0)}
+  return {"box": np.asarray(box, np.float32), "box_mask": np.float32(1.0)}
+
+
+def _preprocess_eval_with_box(pixels: np.ndarray, *, image_size: int,
+                              box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+  # The letterbox keeps the whole image, so a box stays whole; the resize keeps normalised coords.
+  moved = None if box is None else box_after_letterbox(box, *pixels.shape[:2])
+  return preprocess_eval(pixels, image_size), moved
+
+
+def decode_example(raw: bytes, *, num_labels: int, image_size: int,
+                   with_box: bool = False) -> dict[str, Any]:
   """Record bytes -> {'image': uint8 [S, S, 3], 'labels': float32 multi-hot, 'id': int32}.
 
   The evaluation path (and unaugmented training): decode + `preprocess_eval`, exactly what
-  inference does.
+  inference does. `with_box` adds 'box' and 'box_mask' (`_box_fields`).
   """
   record = decode_record(raw)
   labels = _labels_multi_hot(record, num_labels)
-  image = _decode_pixels(record, functools.partial(preprocess_eval, image_size=image_size))
-  return {"image": image, "labels": labels, "id": np.int32(record["id"])}
+  if not with_box:
+    image = _decode_pixels(record, functools.partial(preprocess_eval, image_size=image_size))
+    return {"image": image, "labels": labels, "id": np.int32(record["id"])}
+  image, box = _decode_pixels(record, functools.partial(
+      _preprocess_eval_with_box, image_size=image_size, box=record["box"]))
+  return {"image": image, "labels": labels, "id": np.int32(record["id"]), **_box_fields(box)}
 
 
 def _decode_augmented(raw: bytes, rng: np.random.Generator, *, num_labels: int,
-                      augmenter: augment_lib.Augmenter, fast_decode: bool = False
-                      ) -> dict[str, Any]:
+                      augmenter: augment_lib.Augmenter, fast_decode: bool = False,
+                      with_box: bool = False) -> dict[str, Any]:
   """Training path with augmentation: the augmenter takes the decoded source image, so a sizing
-  op (rrc / resize) resamples the source once, straight to the training size."""
+  op (rrc / resize) resamples the source once, straight to the training size. `with_box` adds
+  'box' / 'box_mask', the box moved with the pixels (same random draws, same image)."""
   record = decode_record(raw)
   labels = _labels_multi_hot(record, num_labels)
-  image = _decode_pixels(record, lambda pixels: augmenter(pixels, rng), fast=fast_decode)
-  return {"image": image, "labels": labels}
+  if not with_box:
+    image = _decode_pixels(record, lambda pixels: augmenter(pixels, rng), fast=fast_decode)
+    return {"image": image, "labels": labels}
+  image, box = _decode_pixels(record, lambda pixels: augmenter(pixels, rng, box=record["box"]),
+                              fast=fast_decode)
+  return {"image": image, "labels": labels, **_box_fields(box)}
 
 
 class _Augmenter:
@@ -136,8 +163,8 @@ class _Augmenter:
     self._args = (spec, image_size)
     self._fn = augment_lib.make_augmenter(spec, image_size)  # Validates the spec, here and now.
 
-  def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return self._fn(image, rng)
+  def __call__(self, image: np.ndarray, rng: np.random.Generator, **box):
+    return self._fn(image, rng, **box)  # box=...: -> (image, box), see make_augmenter
 
   def __getstate__(self):
     return self._args
@@ -148,7 +175,7 @@ class _Augmenter:
 
 def _training_view(example: dict[str, Any]) -> dict[str, Any]:
   # Only what the train step consumes; ids would just be shipped to devices for nothing.
-  return {"image": example["image"], "labels": example["labels"]}
+  return {k: v for k, v in example.items() if k in ("image", "labels", "box", "box_mask")}
 
 
 def _record_labels(raw: bytes) -> np.ndarray:
@@ -181,9 +208,11 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
                        process_index: int = 0, process_count: int = 1, augment: bool = True,
                        augment_spec: Mapping[str, Any] | None = None,
                        repeat_factor_threshold: float | None = None,
-                       repeat_factor_normalize: bool = False, fast_decode: bool = False,
-                       num_threads: int = 2, prefetch_batches: int = 4,
-                       num_workers: int = 0) -> grain.IterDataset:
+                       repeat_factor_normalize: bool = False, max_repeat: float | None = None,
+                       tag_cap: int | None = None,
+                       stages: Sequence[tuple[str, int | None]] | None = None,
+                       fast_decode: bool = False, num_threads: int = 2, prefetch_batches: int = 4,
+                       num_workers: int = 0, with_box: bool = False) -> grain.IterDataset:
   """Infinite, shuffled (reshuffled every epoch), augmented training batches for one process.
 
   Yields {'image': uint8 [B, S, S, 3], 'labels': float32 [B, num_labels]} with
@@ -201,6 +230,15 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
       process's own slice). Processes stay disjoint.
     repeat_factor_normalize: rescale the repeat factors to mean 1, so an epoch keeps its length
       and examples with only common tags are under-sampled.
+    max_repeat: cap on the repeat factors (at most this many appearances per epoch).
+    tag_cap: N > 0 under-samples examples whose tags are all in more than N examples of the
+      split, to N / (count of their commonest tag) (`balance.tag_cap_keep`; counts estimated from
+      this process's slice, scaled to the split) and, like repeat_factor_threshold, replaces
+      the plain shuffle.
+    stages: a sampling schedule [(sampling, steps), ..., (sampling, None)] with sampling
+      'balanced' (the options above) or 'all' (the plain shuffle), each for `steps` batches from
+      where the previous ended, the last to the end (`sampling.stream_order`). None: one stage,
+      balanced when repeat_factor_threshold or tag_cap is set.
     fast_decode: decode augmented training JPEGs with libjpeg-turbo's fast IDCT and chroma
       upsampling (`records.decode_image(fast=True)`, ~10% less decode time, pixels a few levels
       off). Ignored when `augment` is False, which always decodes exactly as evaluation does.
@@ -211,6 +249,10 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
       process's GIL, at the cost of N readers' read-ahead (N x prefetch_batches batches, plus a
       few per worker in transit through /dev/shm) and a few seconds of start-up. The batches,
       and the iterator state, are the same for every N.
+    with_box: also yield 'box' float32 [B, 4] ([x0, y0, x1, y1] normalised to the S x S
+      input, moved by the same augmentation as the pixels; zeros when absent) and 'box_mask'
+      float32 [B] (1.0 where the record has a box still visible after augmentation, see
+      `augment.MIN_BOX_VISIBLE_FRACTION`). Images and labels are the same as without it.
   """
   if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) \
       or num_workers < 0:
@@ -218,7 +260,7 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
                      f"{num_workers!r}")
   data_dir = os.fspath(data_dir)
   batch_size = _local_batch_size(global_batch_size, process_count)
-  info, local, _ = _open_split(data_dir, split, process_index, process_count)
+  info, local, total = _open_split(data_dir, split, process_index, process_count)
   # Built (so validated) even when disabled: a typo in a config fails now, not when enabled.
   augmenter = _Augmenter(augment_spec, image_size)
   # Separate streams for order and augmentation, different per process, derived so that adding a
@@ -228,26 +270,35 @@ def make_train_dataset(data_dir: str | os.PathLike, *, split: str = "train",
   if len(local) == 0:
     raise ValueError(f"split {split!r} of {data_dir} has no examples for process "
                      f"{process_index} of {process_count}")
-  if repeat_factor_threshold is None:
+  balanced = bool(repeat_factor_threshold or tag_cap)
+  stages = list(stages or [("balanced" if balanced else "all", None)])
+  if stages == [("all", None)]:
     # shuffle before repeat: grain reseeds the shuffle for every epoch of the repeat.
     ds = local.shuffle(seed=int(shuffle_seed)).repeat()
   else:
-    offsets, indices = read_split_labels(data_dir, split, process_index=process_index,
-                                         process_count=process_count, num_threads=num_threads)
-    factors = balance.repeat_factors(offsets, indices, threshold=repeat_factor_threshold,
-                                     num_tags=info["num_labels"],
-                                     normalize=repeat_factor_normalize)
-    sampler = balance.RepeatFactorSampler(factors, seed=int(shuffle_seed))
-    ds = grain.MapDataset.source(sampler).map(functools.partial(_lookup, local=local))
+    factors = None
+    if any(name == "balanced" for name, _ in stages):
+      if not balanced:
+        raise ValueError("a 'balanced' sampling stage needs repeat_factor_threshold or tag_cap")
+      offsets, indices = read_split_labels(data_dir, split, process_index=process_index,
+                                           process_count=process_count, num_threads=num_threads)
+      factors = balance.sampling_factors(
+          offsets, indices, num_tags=info["num_labels"], repeat_threshold=repeat_factor_threshold,
+          max_repeat=max_repeat, repeat_normalize=repeat_factor_normalize,
+          cap_fraction=tag_cap / total if tag_cap else None)
+    order = sampling.stream_order(len(local), stages, batch_size=batch_size,
+                                  seed=int(shuffle_seed), factors=factors)
+    ds = grain.MapDataset.source(order).map(functools.partial(_lookup, local=local))
   if not augment:
     ds = ds.map(functools.partial(decode_example, num_labels=info["num_labels"],
-                                  image_size=image_size))
+                                  image_size=image_size, with_box=with_box))
     ds = ds.map(_training_view)
   else:
     # Same seed and per-index generator as before the spec existed, so the default spec
     # reproduces earlier pipelines exactly.
     ds = ds.random_map(functools.partial(_decode_augmented, num_labels=info["num_labels"],
-                                         augmenter=augmenter, fast_decode=fast_decode),
+                                         augmenter=augmenter, fast_decode=fast_decode,
+                                         with_box=with_box),
                        seed=int(augment_seed))
   ds = ds.batch(batch_size, drop_remainder=True)
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
@@ -351,14 +402,16 @@ class _WorkerBatchIterator(grain.DatasetIterator):
 
 
 def _eval_example(index: int, *, local: grain.MapDataset, num_labels: int,
-                  image_size: int) -> dict[str, Any]:
+                  image_size: int, with_box: bool = False) -> dict[str, Any]:
   if index < len(local):
-    example = decode_example(local[index], num_labels=num_labels, image_size=image_size)
+    example = decode_example(local[index], num_labels=num_labels, image_size=image_size,
+                             with_box=with_box)
     example["mask"] = np.bool_(True)
     return example
-  return {"image": np.zeros((image_size, image_size, 3), np.uint8),
-          "labels": np.zeros((num_labels,), np.float32),
-          "id": np.int32(-1), "mask": np.bool_(False)}
+  padding = {"image": np.zeros((image_size, image_size, 3), np.uint8),
+             "labels": np.zeros((num_labels,), np.float32),
+             "id": np.int32(-1), "mask": np.bool_(False)}
+  return {**padding, **_box_fields(None)} if with_box else padding
 
 
 class EvalDataset:
@@ -367,12 +420,14 @@ class EvalDataset:
   Each batch is {'image': uint8 [B, S, S, 3], 'labels': float32 [B, L], 'id': int32 [B],
   'mask': bool [B]}; padded rows have mask False, id -1 and zero labels. Every process yields the
   same number of batches (`len(self)`), even when the split does not divide evenly, so that
-  multi-host eval steps stay in lockstep.
+  multi-host eval steps stay in lockstep. With `with_box`, batches also hold 'box' float32
+  [B, 4] (normalised to the S x S input, after the letterbox; zeros when absent) and 'box_mask'
+  float32 [B] (1.0 where the record has a box, 0 for padded rows).
   """
 
   def __init__(self, data_dir: str | os.PathLike, *, split: str, global_batch_size: int,
                image_size: int, process_index: int, process_count: int, num_threads: int,
-               prefetch_batches: int):
+               prefetch_batches: int, with_box: bool = False):
     data_dir = os.fspath(data_dir)
     self.batch_size = _local_batch_size(global_batch_size, process_count)
     info, local, total = _open_split(data_dir, split, process_index, process_count)
@@ -381,7 +436,7 @@ class EvalDataset:
     self.num_batches = math.ceil(largest_slice / self.batch_size)
     ds = grain.MapDataset.range(self.num_batches * self.batch_size).map(
         functools.partial(_eval_example, local=local, num_labels=info["num_labels"],
-                          image_size=image_size))
+                          image_size=image_size, with_box=with_box))
     self._dataset = ds.batch(self.batch_size).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches))
 
@@ -395,9 +450,10 @@ class EvalDataset:
 def make_eval_dataset(data_dir: str | os.PathLike, *, split: str = "validation",
                       global_batch_size: int, image_size: int, process_index: int = 0,
                       process_count: int = 1, num_threads: int = 2,
-                      prefetch_batches: int = 4) -> EvalDataset:
-  """Deterministic, unaugmented batches (decode + `preprocess_eval`) with a padding mask."""
+                      prefetch_batches: int = 4, with_box: bool = False) -> EvalDataset:
+  """Deterministic, unaugmented batches (decode + `preprocess_eval`) with a padding mask (and,
+  with `with_box`, 'box' / 'box_mask': see `EvalDataset`)."""
   return EvalDataset(data_dir, split=split, global_batch_size=global_batch_size,
                      image_size=image_size, process_index=process_index,
                      process_count=process_count, num_threads=num_threads,
-                     prefetch_batches=prefetch_batches)
+                     prefetch_batches=prefetch_batches, with_box=with_box)

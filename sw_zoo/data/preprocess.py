@@ -4,6 +4,8 @@ letterbox / resize primitives it is built from (shared with the training ops in 
 
 `preprocess_eval` letterboxes on white and resizes bicubically (antialiased when shrinking), the
 WD-tagger convention; bundles describe it in their config.json (`bundle.PREPROCESSING`).
+`box_after_letterbox` / `box_to_source` carry a normalised box between the source image and that
+model input (the resize does not change normalised coordinates).
 """
 from __future__ import annotations
 
@@ -45,14 +47,52 @@ def pad_white(image: np.ndarray, top: int, bottom: int, left: int, right: int) -
   return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=WHITE)
 
 
+def letterbox_offsets(height: int, width: int) -> tuple[int, int, int]:
+  """(side, top, left): where `letterbox` puts an H x W image on its square (whole pixels)."""
+  side = max(height, width)
+  return side, (side - height) // 2, (side - width) // 2
+
+
 def letterbox(image: np.ndarray) -> np.ndarray:
   """Centres a non-square image on a white square of side max(H, W); squares pass through."""
   height, width = image.shape[:2]
   if height == width:
     return image
-  side = max(height, width)
-  top, left = (side - height) // 2, (side - width) // 2
+  side, top, left = letterbox_offsets(height, width)
   return pad_white(image, top, side - height - top, left, side - width - left)
+
+
+def _letterbox_affine(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """(scale, offset) per [x0, y0, x1, y1]: letterboxed = source * scale + offset, normalised."""
+  side, top, left = letterbox_offsets(height, width)
+  scale = np.array([width, height, width, height], np.float64) / side
+  offset = np.array([left, top, left, top], np.float64) / side
+  return scale, offset
+
+
+def box_after_letterbox(box, height: int, width: int) -> np.ndarray:
+  """A box normalised to an H x W source image -> normalised to its letterboxed square.
+
+  `box`: [..., 4] as [x0, y0, x1, y1] (a record's `box`). The square is what `letterbox` (and so
+  `preprocess_eval`) makes, with its whole-pixel offsets; resizing the square afterwards leaves
+  normalised coordinates unchanged, so the result is the box in `preprocess_eval`'s output.
+  Returns float32 [..., 4].
+  """
+  scale, offset = _letterbox_affine(height, width)
+  return (np.asarray(box, np.float64) * scale + offset).astype(np.float32)
+
+
+def box_to_source(box, height: int, width: int) -> np.ndarray:
+  """The inverse of `box_after_letterbox`: a box normalised to the model input (the letterboxed
+  square of an H x W image, at any resolution) -> normalised to the source image.
+
+  For predictions: a predicted box may reach into the white padding, which is not part of the
+  image, so the result is clipped to [0, 1] (x0 <= x1 still holds; a box entirely in the
+  padding collapses onto the image edge). Multiply by (W, H, W, H) for pixels. float32 [..., 4].
+  """
+  scale, offset = _letterbox_affine(height, width)
+  source = (np.asarray(box, np.float64) - offset) / scale
+  return np.clip(source, 0.0, 1.0).astype(np.float32)
 
 
 def resize(image: np.ndarray, size: int, method: str = EVAL_METHOD) -> np.ndarray:

@@ -3,12 +3,19 @@
 Every shard record is a msgpack map:
 
     {"schema_version": 1, "id": int, "image": bytes, "labels": [int, ...],
-     "dropped": [int, ...], "source": str}
+     "dropped": [int, ...], "source": str[, "box": [x0, y0, x1, y1]]}
 
 `labels` and `dropped` are row indices into the dataset's `selected_tags.csv`, sorted and
 unique. `dropped` lists tags a generator deliberately removed from `labels` to simulate missing
 labels (so experiments can measure recovery); it is empty for real data. msgpack (not pickle)
 keeps records safe to load from strangers and readable from any language.
+
+`box` (optional) is one object's bounding box as four floats relative to the original image's
+width and height, as displayed (x right, y down, edges not pixel centres; storing the image
+downscaled with its aspect kept leaves these unchanged): 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1. Records without a box do not hold the key at all, so they are byte-identical
+to records written before boxes existed; that is why an optional key does not change
+`SCHEMA_VERSION`. The values are stored as float32-representable doubles, so what `decode_record`
+returns (float32) is exactly what was validated.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from PIL import Image
 SCHEMA_VERSION = 1
 
 _REQUIRED_KEYS = ("schema_version", "id", "image", "labels")
-_OPTIONAL_KEYS = ("dropped", "source")
+_OPTIONAL_KEYS = ("dropped", "source", "box")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -41,13 +48,42 @@ def _normalize_indices(value: Any, key: str) -> list[int]:
   return [int(i) for i in np.unique(array)]
 
 
+def check_box(value: Any, where: str) -> np.ndarray:
+  """A box as float32 [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1.
+
+  `value`: any sequence / array of four real numbers. ValueError starting with `where` (e.g.
+  "record 7: key 'box'") otherwise. Checked after rounding to float32, so a box that would
+  collapse to zero width in float32 is refused rather than stored.
+  """
+  if isinstance(value, (str, bytes)):
+    raise ValueError(f"{where} must be 4 numbers [x0, y0, x1, y1], got {value!r}")
+  try:
+    values = list(value)
+  except TypeError:
+    raise ValueError(f"{where} must be 4 numbers [x0, y0, x1, y1], got {value!r}") from None
+  if len(values) != 4 or not all(
+      isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+      for v in values):
+    raise ValueError(f"{where} must be 4 numbers [x0, y0, x1, y1], got {value!r}")
+  as_float = [float(v) for v in values]
+  rule = "must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (normalised to the image)"
+  x0, y0, x1, y1 = as_float
+  if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):  # (NaN fails every comparison)
+    raise ValueError(f"{where} {rule}, got {as_float}")
+  box = np.asarray(as_float, dtype=np.float32)
+  if not (box[0] < box[2] and box[1] < box[3]):
+    raise ValueError(f"{where} {rule}; {as_float} has zero width or height in float32")
+  return box
+
+
 def encode_record(example: Mapping[str, Any]) -> bytes:
   """Serializes one example to record bytes.
 
   Labels and dropped indices may come in any order; they are stored sorted and unique because
-  the order of tags on a post carries no meaning.
+  the order of tags on a post carries no meaning. `box` is optional; None means no box (so a
+  decoded record can be re-encoded as it is).
   """
-  unknown = set(example) - {"id", "image", "labels", "dropped", "source"}
+  unknown = set(example) - {"id", "image", "labels", "dropped", "source", "box"}
   if unknown:
     raise ValueError(f"unknown record keys {sorted(unknown)}")
   for key in ("id", "image", "labels"):
@@ -67,17 +103,18 @@ def encode_record(example: Mapping[str, Any]) -> bytes:
   source = example.get("source", "")
   if not isinstance(source, str):
     raise ValueError(f"record key 'source' must be a str, got {type(source).__name__}")
-  return msgpack.packb(
-      {
-          "schema_version": SCHEMA_VERSION,
-          "id": int(example_id),
-          "image": bytes(image),
-          "labels": labels,
-          "dropped": dropped,
-          "source": source,
-      },
-      use_bin_type=True,
-  )
+  record = {
+      "schema_version": SCHEMA_VERSION,
+      "id": int(example_id),
+      "image": bytes(image),
+      "labels": labels,
+      "dropped": dropped,
+      "source": source,
+  }
+  box = example.get("box")
+  if box is not None:  # Absent, not null: box-less records stay byte-identical to older ones.
+    record["box"] = [float(v) for v in check_box(box, f"record {int(example_id)}: key 'box'")]
+  return msgpack.packb(record, use_bin_type=True)
 
 
 def _decode_indices(record: dict, key: str) -> np.ndarray:
@@ -95,8 +132,8 @@ def decode_record(raw: bytes) -> dict[str, Any]:
   """Parses and validates record bytes.
 
   Returns a dict with every key present: `id` (int), `image` (bytes), `labels` and `dropped`
-  (int32 arrays, possibly empty) and `source` (str, "" when unknown). Raises ValueError naming
-  the offending key.
+  (int32 arrays, possibly empty), `source` (str, "" when unknown) and `box` (float32 [4], or None
+  when the record has none). Raises ValueError naming the record id and the offending key.
   """
   try:
     record = msgpack.unpackb(raw, raw=False)
@@ -120,12 +157,19 @@ def decode_record(raw: bytes) -> dict[str, Any]:
   source = record.get("source", "")
   if not isinstance(source, str):
     raise ValueError(f"record {record['id']}: key 'source' must be a str")
+  box = None
+  if "box" in record:  # Writers omit the key when there is no box; a stored null is malformed.
+    if not isinstance(record["box"], list):
+      raise ValueError(f"record {record['id']}: key 'box' must be a list of 4 numbers, got "
+                       f"{type(record['box']).__name__}")
+    box = check_box(record["box"], f"record {record['id']}: key 'box'")
   return {
       "id": record["id"],
       "image": record["image"],
       "labels": _decode_indices(record, "labels"),
       "dropped": _decode_indices(record, "dropped"),
       "source": source,
+      "box": box,
   }
 
 

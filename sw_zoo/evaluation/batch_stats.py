@@ -86,5 +86,7 @@ def zero_stats(num_tags: int, num_bins: int) -> dict[str, np.ndarray]:
 
 
 def host_stats(stats: dict[str, jax.Array]) -> dict[str, np.ndarray]:
-  """Summed device stats -> int64 host arrays (sums of several runs can then not overflow)."""
-  return {k: np.asarray(v, np.int64) for k, v in jax.device_get(stats).items()}
+  """Summed device stats -> int64 host arrays (sums of several runs can then not overflow); float
+  sums (the box IoU) -> float64."""
+  return {k: np.asarray(v, np.float64 if np.issubdtype(np.asarray(v).dtype, np.floating) else np.int64)
+          for k, v in jax.device_get(stats).items()}

@@ -4,6 +4,8 @@
   per_tag.csv          tag, category, count, P, R, F1 (at the threshold), AP, AUC, best threshold
   thresholds.json      suggested threshold per category
   pr_curve.png, f1_vs_threshold.png, tag_f1_vs_frequency.png   (unless plots=False)
+  box_best_worst.png   with a box head: the best and worst box predictions by IoU (labelled box
+                       green, prediction red)
 """
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ import math
 import os
 from typing import Any
 
+from sw_zoo.data import contact_sheet
 from sw_zoo.data import vocab as vocab_lib
 from sw_zoo.data.atomic_file import atomic_write_csv, atomic_write_text
+from sw_zoo.evaluation import box_metrics, report, thresholds
 from sw_zoo.evaluation import plots as plots_lib
-from sw_zoo.evaluation import report, thresholds
 
 
 def _json_safe(value: Any) -> Any:
@@ -34,8 +37,22 @@ def is_eval_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "eval_summary.json"))
 
 
+BOX_PICTURE = "box_best_worst.png"
+
+
+def write_box_picture(path: str, extremes: box_metrics.Extremes) -> None:
+  """One sheet: the best predictions first, then the worst, each captioned with its IoU and id."""
+  cells = []
+  for kind, rows in (("best", extremes.best()), ("worst", extremes.worst())):
+    for rank, (example_id, image, pred, true, iou) in enumerate(rows, 1):
+      words = [f"{kind}", f"#{rank}:", f"IoU {iou:.3f},", f"id {example_id}"]
+      cells.append((box_metrics.draw(image, pred, true), words))
+  contact_sheet.render(cells, path, text_lines=2)
+
+
 def write(out_dir: str, summary: dict[str, Any], rep: report.Report, tags: vocab_lib.TagVocab,
-          suggested: dict[str, Any], *, threshold: float, plots: bool = True) -> list[str]:
+          suggested: dict[str, Any], *, threshold: float, plots: bool = True,
+          box_extremes: box_metrics.Extremes | None = None) -> list[str]:
   """Writes the files listed in the module docstring; returns their names."""
   os.makedirs(out_dir, exist_ok=True)
   atomic_write_text(os.path.join(out_dir, "eval_summary.json"), json.dumps(_json_safe(summary), indent=2) + "\n")
@@ -44,4 +61,7 @@ def write(out_dir: str, summary: dict[str, Any], rep: report.Report, tags: vocab
   written = ["eval_summary.json", "per_tag.csv", "thresholds.json"]
   if plots:
     written += [os.path.basename(p) for p in plots_lib.write_all(rep, tags, out_dir, threshold=threshold)]
+  if box_extremes is not None and box_extremes.best():
+    write_box_picture(os.path.join(out_dir, BOX_PICTURE), box_extremes)
+    written.append(BOX_PICTURE)
   return written

@@ -26,28 +26,40 @@ import numpy as np
 
 from sw_zoo import progress, sharding
 from sw_zoo.data import pipeline
-from sw_zoo.evaluation import batch_stats
+from sw_zoo.evaluation import batch_stats, box_metrics
 from sw_zoo.evaluation.metrics import DEFAULT_BINS
 
 TTA_MODES = ("none", "flip")
 
 
-def predict_probs(params: Any, images: jax.Array, *, model: Any, tta: str = "none") -> jax.Array:
-  """Sigmoid scores [B, T] in float32; with tta='flip' the mean of the image's and its mirror's."""
+def predict_probs(params: Any, images: jax.Array, *, model: Any, tta: str = "none", box: bool = False):
+  """Sigmoid scores [B, T] in float32; with tta='flip' the mean of the image's and its mirror's.
+  With `box` (a model with a box head): (scores, boxes [B, 4]), the mirror's box flipped back."""
   def once(x):
-    logits = model.apply({"params": params}, x.astype(jnp.float32), train=False)
-    return jax.nn.sigmoid(logits.astype(jnp.float32))
-  probs = once(images)
+    if not box:
+      return jax.nn.sigmoid(model.apply({"params": params}, x.astype(jnp.float32), train=False).astype(jnp.float32)), None
+    out = model.apply({"params": params}, x.astype(jnp.float32), train=False, return_features=True)
+    return jax.nn.sigmoid(out["logits"].astype(jnp.float32)), out["box"].astype(jnp.float32)
+  probs, boxes = once(images)
   if tta == "flip":
-    probs = 0.5 * (probs + once(images[:, :, ::-1, :]))
-  return probs
+    flipped_probs, flipped_boxes = once(images[:, :, ::-1, :])
+    probs = 0.5 * (probs + flipped_probs)
+    if box:
+      boxes = 0.5 * (boxes + box_metrics.flip_box(flipped_boxes, xp=jnp))
+  return (probs, boxes) if box else probs
 
 
 def _accumulate(total: dict[str, jax.Array], params: Any, batch: dict[str, jax.Array], *, model: Any, tta: str,
-                threshold: float, num_bins: int) -> dict[str, jax.Array]:
-  probs = predict_probs(params, batch["image"], model=model, tta=tta)
+                threshold: float, num_bins: int, box: bool):
+  if not box:
+    probs = predict_probs(params, batch["image"], model=model, tta=tta)
+    new = batch_stats.batch_stats(probs, batch["labels"], batch["mask"], threshold=threshold, num_bins=num_bins)
+    return jax.tree.map(jnp.add, total, new), None
+  probs, boxes = predict_probs(params, batch["image"], model=model, tta=tta, box=True)
   new = batch_stats.batch_stats(probs, batch["labels"], batch["mask"], threshold=threshold, num_bins=num_bins)
-  return jax.tree.map(jnp.add, total, new)
+  new.update(box_metrics.batch_box_stats(boxes, batch["box"], batch["box_mask"], batch["mask"]))
+  rows = {"box": boxes, "iou": box_metrics.iou(boxes, batch["box"].astype(jnp.float32), xp=jnp)}
+  return jax.tree.map(jnp.add, total, new), rows
 
 
 @dataclasses.dataclass
@@ -58,6 +70,9 @@ class PassResult:
   forward_images_per_s: float | None = None  # one plain forward pass, data loading excluded
   # The first global batch's leading images (process 0's rows) with labels and scores.
   samples: dict[str, np.ndarray] | None = None
+  # With a box head and box_examples > 0 (one process): the best and worst predictions by IoU,
+  # rows of (id, image, predicted box, labelled box, IoU).
+  box_extremes: box_metrics.Extremes | None = None
 
 
 class Evaluator:
@@ -65,19 +80,20 @@ class Evaluator:
 
   `params_sharding`: how the params passed to `run` are laid out (a tree of shardings, e.g. the
   trainer's FSDP eval params; default replicated). `num_samples` > 0 also returns that many
-  (image, labels, scores) rows of the first batch, for W&B prediction tables.
+  (image, labels, scores) rows of the first batch, for W&B prediction tables. `box` (a model with
+  a box head, a dataset with boxes) adds the box scores (`box_metrics`) to the stats.
   """
 
   def __init__(self, model: Any, *, mesh: Any, num_tags: int, threshold: float, num_bins: int = DEFAULT_BINS,
-               tta: str = "none", params_sharding: Any = None, num_samples: int = 0):
+               tta: str = "none", params_sharding: Any = None, num_samples: int = 0, box: bool = False):
     if tta not in TTA_MODES:
       raise ValueError(f"tta={tta!r}: expected one of {TTA_MODES}")
-    self.model, self.mesh, self.num_tags, self.num_bins = model, mesh, num_tags, num_bins
+    self.model, self.mesh, self.num_tags, self.num_bins, self.box = model, mesh, num_tags, num_bins, box
     self.repl, self.batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     self.params_sharding = self.repl if params_sharding is None else params_sharding
     self._step = jax.jit(
-        functools.partial(_accumulate, model=model, tta=tta, threshold=threshold, num_bins=num_bins),
-        in_shardings=(self.repl, self.params_sharding, self.batch_sh), out_shardings=self.repl,
+        functools.partial(_accumulate, model=model, tta=tta, threshold=threshold, num_bins=num_bins, box=box),
+        in_shardings=(self.repl, self.params_sharding, self.batch_sh), out_shardings=(self.repl, self.batch_sh),
         donate_argnums=(0,))
     self._samples = None
     if num_samples > 0:
@@ -85,22 +101,31 @@ class Evaluator:
                               in_shardings=(self.params_sharding, self.batch_sh), out_shardings=self.repl)
 
   def run(self, params: Any, data_dir: str, *, split: str, global_batch_size: int, image_size: int,
-          num_threads: int = 2, prefetch: int = 4, timing_repeats: int = 0, show_progress: bool = False) -> PassResult:
-    """Evaluates `params` (host or device arrays) on `split`; returns the summed stats."""
+          num_threads: int = 2, prefetch: int = 4, timing_repeats: int = 0, show_progress: bool = False,
+          box_examples: int = 0) -> PassResult:
+    """Evaluates `params` (host or device arrays) on `split`; returns the summed stats (and with a
+    box head and `box_examples` k > 0 on one process, the k best and worst box predictions)."""
     if global_batch_size % jax.device_count():
       raise ValueError(f"batch size {global_batch_size} is not divisible by the {jax.device_count()} devices")
     params = jax.device_put(params, self.params_sharding)
-    total = jax.device_put(batch_stats.zero_stats(self.num_tags, self.num_bins), self.repl)
+    zero = batch_stats.zero_stats(self.num_tags, self.num_bins)
+    if self.box:
+      zero.update(box_metrics.zero_box_stats())
+    total = jax.device_put(zero, self.repl)
     batches = pipeline.make_eval_dataset(
         data_dir, split=split, global_batch_size=global_batch_size, image_size=image_size,
         process_index=jax.process_index(), process_count=jax.process_count(), num_threads=num_threads,
-        prefetch_batches=prefetch)
+        prefetch_batches=prefetch, with_box=self.box)
+    keys = ("image", "labels", "mask") + (("box", "box_mask") if self.box else ())
+    # Per-image rows are fetched only where they are all local (one process).
+    extremes = box_metrics.Extremes(box_examples) if self.box and box_examples > 0 and jax.process_count() == 1 else None
     bar = progress.bar(len(batches), f"eval {split}", unit="batch",
                        enabled=show_progress and jax.process_index() == 0)
     start = time.perf_counter()
     first_images, samples = None, None
     for local in batches:
-      local = {k: local[k] for k in ("image", "labels", "mask")}
+      ids = local["id"]
+      local = {k: local[k] for k in keys}
       batch = sharding.global_batch(local, self.mesh)
       if first_images is None:
         first_images = batch["image"]
@@ -108,12 +133,16 @@ class Evaluator:
           probs = np.asarray(jax.device_get(self._samples(params, batch["image"])))
           n = min(len(probs), int(local["mask"].sum()))  # process 0's rows lead the global batch
           samples = {"image": local["image"][:n], "labels": local["labels"][:n], "probs": probs[:n]}
-      total = self._step(total, params, batch)
+      total, rows = self._step(total, params, batch)
+      if extremes is not None:
+        rows = jax.device_get(rows)
+        real = local["mask"] & (local["box_mask"] > 0)
+        extremes.add(rows["iou"][real], ids[real], local["image"][real], rows["box"][real], local["box"][real])
       bar.update(1)
     stats = batch_stats.host_stats(total)  # waits for the last step
     seconds = time.perf_counter() - start
     bar.close()
-    result = PassResult(stats, len(batches), seconds, samples=samples)
+    result = PassResult(stats, len(batches), seconds, samples=samples, box_extremes=extremes)
     if timing_repeats > 0 and first_images is not None:
       result.forward_images_per_s = self.forward_images_per_s(params, first_images, repeats=timing_repeats)
     return result

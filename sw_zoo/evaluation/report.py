@@ -35,7 +35,8 @@ class Report:
 
 
 def _subset(stats: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-  return {k: (v if k == "num_images" else v[index]) for k, v in stats.items()}
+  # Per-tag arrays are cut to the group; scalars (image count, box scores) are the whole pass's.
+  return {k: (v if np.ndim(v) == 0 else v[index]) for k, v in stats.items()}
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -51,6 +52,7 @@ def summarise(stats: dict[str, np.ndarray], tags: vocab_lib.TagVocab, *, thresho
     best_{threshold,precision,recall,f1,macro_f1}: the edge maximising pooled (micro) F1;
     best_macro_threshold, best_macro_f1: the one edge maximising macro F1;
     map (mean per-tag AP), micro_ap, auc (mean per-tag AUC-ROC), micro_auc;
+    elementwise_accuracy (at `threshold`), ece (expected calibration error of the pooled scores);
     mcut_micro_f1, mcut_macro_f1 (per-image MCut over all tags, scored on this group's tags).
   Means run over tags with positives in the split (AUC: with positives and negatives)."""
   num_images = int(stats["num_images"])
@@ -81,6 +83,7 @@ def summarise(stats: dict[str, np.ndarray], tags: vocab_lib.TagVocab, *, thresho
     entry["micro_ap"] = float(metrics.average_precision(sub["pos_hist"].sum(0), sub["neg_hist"].sum(0)))
     entry["auc"] = _nanmean(tag_curves["auc"])
     entry["micro_auc"] = float(metrics.roc_auc(sub["pos_hist"].sum(0), sub["neg_hist"].sum(0)))
+    entry["ece"] = metrics.expected_calibration_error(sub["pos_hist"], sub["neg_hist"])
     entry.update(metrics.mcut_scores(sub))
     categories[name] = entry
     curves[name] = curve

@@ -1,10 +1,11 @@
 """The forward pass of a `Tagger`: JAX (the model's own code, jitted) or onnxruntime (the exported
 graph), behind one call: uint8 RGB images [N, S, S, 3] -> (sigmoid scores [N, T], pooled features
-[N, F]), both float32.
+[N, F], boxes [N, 4] or None), float32; boxes (x0, y0, x1, y1 in [0, 1] of the input square) come
+from a model with a box head.
 
     forward = make_forward(bundle, "auto")   # -> JaxForward or OnnxForward
     pending = forward.launch(images)           # starts the work, returns at once
-    scores, pooled = pending.result()
+    scores, pooled, boxes = pending.result()
 
 `launch` returns before the work is done so `Tagger` can decode the next batch meanwhile: JAX
 dispatches asynchronously by itself; onnxruntime's `run` blocks, so it runs on one worker thread.
@@ -23,6 +24,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from sw_zoo.evaluation import box_metrics
 
 BACKENDS = ("auto", "jax", "onnx")
 TTA_MODES = (None, "none", "flip")
@@ -73,7 +76,7 @@ class _Done:
     self._outputs = outputs
 
   def result(self):
-    return tuple(np.asarray(x, np.float32) for x in self._outputs)
+    return tuple(None if x is None else np.asarray(x, np.float32) for x in self._outputs)
 
 
 class JaxForward:
@@ -92,15 +95,20 @@ class JaxForward:
     self.params = jax.device_put(bundle.params, self.device)
     self.embedding_dim = model.cfg.num_features
 
+    self.has_box = has_box = "box" in model.cfg.heads
+
     def forward(params, images, flip):
       def once(x):
         features = model.apply({"params": params}, x, train=False, return_features=True)
-        return jax.nn.sigmoid(features["logits"].astype("float32")), features["pooled"].astype("float32")
-      probs, pooled = once(images)
+        box = features["box"].astype("float32") if has_box else None
+        return jax.nn.sigmoid(features["logits"].astype("float32")), features["pooled"].astype("float32"), box
+      probs, pooled, box = once(images)
       if flip:  # the mean of the image's and its mirror's, as `sw-zoo eval --tta flip`
-        probs2, pooled2 = once(images[:, :, ::-1, :])
+        probs2, pooled2, box2 = once(images[:, :, ::-1, :])
         probs, pooled = 0.5 * (probs + probs2), 0.5 * (pooled + pooled2)
-      return probs, pooled
+        if has_box:
+          box = 0.5 * (box + box_metrics.flip_box(box2, xp=jax.numpy))
+      return probs, pooled, box
 
     self._jit = jax.jit(forward, static_argnums=2)
     self._jax = jax
@@ -113,8 +121,8 @@ class JaxForward:
     size = self.padded_size(n, batch_size)
     if size != n:
       images = np.concatenate([images, np.zeros((size - n, *images.shape[1:]), images.dtype)])
-    probs, pooled = self._jit(self.params, self._jax.device_put(images, self.device), flip)
-    return _Done((probs[:n], pooled[:n]))
+    probs, pooled, box = self._jit(self.params, self._jax.device_put(images, self.device), flip)
+    return _Done((probs[:n], pooled[:n], None if box is None else box[:n]))
 
   def close(self) -> None:
     pass
@@ -150,7 +158,10 @@ class OnnxForward:
       raise ValueError(f"{path}: no output named {onnx_export.OUTPUT_NAME!r} (has {names})")
     # Graphs exported before the embedding output existed still tag; they cannot embed.
     self.has_embedding = onnx_export.EMBEDDING_NAME in names
-    self._outputs = [onnx_export.OUTPUT_NAME] + ([onnx_export.EMBEDDING_NAME] if self.has_embedding else [])
+    # A model with a box head has a `box` output [batch, 4] (x0, y0, x1, y1 in [0, 1] of the input).
+    self.has_box = onnx_export.BOX_NAME in names
+    self._outputs = ([onnx_export.OUTPUT_NAME] + ([onnx_export.EMBEDDING_NAME] if self.has_embedding else [])
+                     + ([onnx_export.BOX_NAME] if self.has_box else []))
     self.embedding_dim = (outputs[names.index(onnx_export.EMBEDDING_NAME)].shape[1] if self.has_embedding
                           else None)
     self.providers = self.session.get_providers()
@@ -166,14 +177,17 @@ class OnnxForward:
 
   def _run(self, images: np.ndarray, flip: bool):
     def once(x):
-      outs = self.session.run(self._outputs, {self.input_name: self._wd_input(x)})
-      pooled = outs[1] if self.has_embedding else np.zeros((len(x), 0), np.float32)
-      return outs[0], pooled
-    probs, pooled = once(images)
-    if flip:
-      probs2, pooled2 = once(images[:, :, ::-1, :])
+      probs, *rest = self.session.run(self._outputs, {self.input_name: self._wd_input(x)})
+      pooled = rest.pop(0) if self.has_embedding else np.zeros((len(x), 0), np.float32)
+      return probs, pooled, rest.pop(0) if self.has_box else None
+    probs, pooled, box = once(images)
+    if flip:  # as JaxForward: the mirror's box flipped back, then averaged
+      probs2, pooled2, box2 = once(images[:, :, ::-1, :])
       probs, pooled = 0.5 * (probs + probs2), 0.5 * (pooled + pooled2)
-    return np.asarray(probs, np.float32), np.asarray(pooled, np.float32)
+      if box is not None:
+        box = 0.5 * (box + box_metrics.flip_box(box2))
+    return (np.asarray(probs, np.float32), np.asarray(pooled, np.float32),
+            None if box is None else np.asarray(box, np.float32))
 
   def launch(self, images: np.ndarray, *, batch_size: int, flip: bool = False):
     del batch_size  # the graph's batch is dynamic: no padding, no recompiles

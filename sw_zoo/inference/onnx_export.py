@@ -4,8 +4,9 @@ The contract those tools rely on (SmilingWolf's wd-tagger space, kohya's
 tag_images_by_wd14_tagger.py, the WebUI / ComfyUI WD14 plugins): `model.onnx` next to
 `selected_tags.csv`; one input [batch, H, W, 3] float32, BGR, 0-255, already padded to a white
 square and resized (tools read H and W from the input's shape); the first output [batch, tags]
-holds sigmoid probabilities in `selected_tags.csv` row order (a second, `embedding`, holds the
-pooled features; the tools only read the first). So the graph starts with BGR -> RGB,
+holds sigmoid probabilities in `selected_tags.csv` row order (the last, `embedding`, holds the
+pooled features, and a model with a box head has `box` between the two; the tools only read the
+first). So the graph starts with BGR -> RGB,
 our (x - mean) / std and NHWC -> NCHW, and ends with a sigmoid.
 
 The graph is written from the model's own definition (`NFNetConfig` + params) with `onnx.helper`
@@ -16,7 +17,13 @@ computed by the model's own code: weight standardisation (`layers.standardize_we
 into plain conv weights at export), padding (`get_padding` / `get_same_padding`), bottleneck
 widths and NF gains (`NFNetConfig`). tests/test_onnx.py checks onnxruntime against JAX to 1e-4
 for every building block (stem types, ECA / SE, activations, skipinit, gamma_in_act, SAME
-padding, dense and grouped convs).
+padding, dense and grouped convs) and every head and pooling of models/heads.py.
+
+Heads (`NFNetConfig.heads`, `pool`): attention pooling feeds the tag head and the embedding as mean
+pooling does; the heteroscedastic tag head exports its evaluation pass (the fixed draws of
+`het_eval_noise` are initializers, so its scores match JAX for any batch size); with a box head the
+outputs are [output, box [batch, 4] (x0, y0, x1, y1 in [0, 1] of the input square), embedding]:
+the scores stay first, where WD tools read them.
 """
 from __future__ import annotations
 
@@ -30,12 +37,22 @@ import numpy as np
 from flax import traverse_util
 
 from sw_zoo.models.layers import eca_kernel_size, get_activation, get_padding, get_same_padding, make_divisible, standardize_weight
+from sw_zoo.models.heads import box_grid, eval_noise
 from sw_zoo.models.nfnet import NFNetConfig, Stem, stem_plan
 
 OPSET = 17  # onnxruntime >= 1.11; HardSwish needs 14. GELU is written with Erf (Gelu is opset 20).
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 EMBEDDING_NAME = "embedding"
+BOX_NAME = "box"  # with a box head: [batch, 4], between OUTPUT_NAME and EMBEDDING_NAME
+
+
+def het_eval_noise(cfg: NFNetConfig, num_tags: int) -> tuple[np.ndarray, np.ndarray]:
+  """The heteroscedastic head's evaluation noise (`heads.eval_noise`, shared by every image):
+  e_low [het_samples, het_rank] and e_diag [het_samples, num_tags], held by the graph as constants
+  so its scores match JAX at any batch size."""
+  e_low, e_diag = eval_noise(cfg.het_samples, cfg.het_rank, num_tags)
+  return np.asarray(e_low, np.float32)[:, 0], np.asarray(e_diag, np.float32)[:, 0]
 
 
 def wd_input(images_rgb: np.ndarray) -> np.ndarray:
@@ -188,6 +205,97 @@ class _Builder:
       hw = tuple((n + 2 - 3) // 2 + 1 for n in hw)
     return x, hw, chs[-1]
 
+  def dense(self, x: str, path: str) -> str:
+    """A linen Dense ([in, out] kernel, bias) on [batch, in]."""
+    p = self.params[path]
+    return self.g.op("Gemm", [x, self.g.const(np.asarray(p["kernel"], np.float32), f"{path}/w"),
+                              self.g.const(np.asarray(p["bias"], np.float32), f"{path}/b")], path.replace("/", "_"))
+
+  def gelu_tanh(self, x: str) -> str:
+    """flax nn.gelu (= jax.nn.gelu, approximate=True): x * 0.5 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    g = self.g
+    cube = g.op("Mul", [g.op("Mul", [x, x]), x])
+    inner = g.op("Add", [x, g.op("Mul", [cube, g.const(np.float32(0.044715), "c")])])
+    inner = g.op("Mul", [inner, g.const(np.float32(math.sqrt(2 / math.pi)), "sqrt_2_over_pi")])
+    cdf = g.op("Mul", [g.op("Add", [g.op("Tanh", [inner]), g.const(np.float32(1.0), "one")]),
+                       g.const(np.float32(0.5), "half")])
+    return g.op("Mul", [x, cdf], "gelu")
+
+  def pool(self, x: str, channels: int) -> str:
+    """The pooled features [batch, C] of the final map (NCHW): mean, or heads.AttentionPool."""
+    g = self.g
+    if self.cfg.pool == "mean":
+      return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "pooled")
+    if self.cfg.pool != "attention":
+      raise ValueError(f"ONNX export: pooling {self.cfg.pool!r} is not supported")
+    # Channel c = head * d + j, as the model's reshape of NHWC to [b, p, heads, d].
+    query = np.asarray(self.params["attn_pool"]["query"], np.float32)
+    heads, d = query.shape
+    values = g.op("Reshape", [x, g.const(np.array([0, heads, d, -1], np.int64), "shape")], "attn_values")  # [B, n, d, P]
+    scores = g.op("MatMul", [g.const(query.reshape(heads, 1, d), "attn_pool/query"), values])  # [B, n, 1, P]
+    scores = g.op("Div", [scores, g.const(np.float32(math.sqrt(d)), "sqrt_d")])
+    weights = g.op("Softmax", [scores], "attn_weights", axis=-1)
+    pooled = g.op("MatMul", [values, g.op("Transpose", [weights], perm=[0, 1, 3, 2])])  # [B, n, d, 1]
+    return g.op("Reshape", [pooled, g.const(np.array([-1, channels], np.int64), "shape")], "pooled")
+
+  def softplus(self, x: str) -> str:
+    """jax.nn.softplus = logaddexp(x, 0), overflow-free: relu(x) + log(1 + exp(-|x|))."""
+    g = self.g
+    tail = g.op("Log", [g.op("Add", [g.op("Exp", [g.op("Neg", [g.op("Abs", [x])])]), g.const(np.float32(1.0), "one")])])
+    return g.op("Add", [g.op("Relu", [x]), tail], "softplus")
+
+  def heteroscedastic_probs(self, pooled: str, mu: str, num_classes: int, out: str) -> None:
+    """heads.HeteroscedasticTagHead at train=False, writing sigmoid scores to `out`: with
+    u_s = (mu + noise_scale (V(h) e_low[s] + d(h) * e_diag[s])) / temperature, the model's
+    logit(mean_s sigmoid(u_s)) under the final sigmoid is mean_s sigmoid(u_s), computed so here.
+    The samples axis is last: [B, T, S]."""
+    cfg, g = self.cfg, self.g
+    rank = cfg.het_rank
+    width = int(np.shape(self.params["het/factors"]["kernel"])[-1])
+    if width != num_classes * rank:
+      # E.g. a head adapted to a tool's tag rows (tool_layouts.adapt_head adapts head/ only).
+      raise ValueError(f"ONNX export: het/factors has {width} outputs, not {num_classes} tags x het_rank {rank}; "
+                       "a heteroscedastic head exports only with the model's own tag rows (the bundle layout)")
+    e_low, e_diag = het_eval_noise(cfg, num_classes)
+    factors = g.op("Reshape", [self.dense(pooled, "het/factors"),
+                               g.const(np.array([-1, num_classes, rank], np.int64), "shape")], "het_factors")
+    low = g.op("MatMul", [factors, g.const(np.ascontiguousarray(e_low.T), "het/e_low")], "het_low")  # [B, T, S]
+    diag = g.op("Unsqueeze", [self.softplus(self.dense(pooled, "het/diag")), g.const(np.array([2], np.int64), "axes")])
+    noise = g.op("Add", [low, g.op("Mul", [diag, g.const(np.ascontiguousarray(e_diag.T), "het/e_diag")])], "het_noise")
+    mu = g.op("Unsqueeze", [mu, g.const(np.array([2], np.int64), "axes")])
+    u = g.op("Add", [mu, self.scale(noise, cfg.het_noise_scale)])
+    u = g.op("Div", [u, g.const(np.float32(cfg.het_temperature), "temperature")], "het_samples")
+    g.nodes.append(g.onnx.helper.make_node("ReduceMean", [g.op("Sigmoid", [u])], [out], name=out, axes=[2],
+                                           keepdims=0))
+
+  def box(self, x: str, hw: tuple[int, int], pooled: str, out: str) -> None:
+    """heads.BoxHead on the final map `x` (NCHW, after the final activation) and the pooled
+    features, writing [B, 4] boxes to `out`."""
+    g = self.g
+    maps = self.params["box_head/maps"]
+    kernel = np.asarray(maps["kernel"], np.float32)  # [C, M]
+    m = kernel.shape[1]
+    logits = g.op("Conv", [x, g.const(kernel.T.reshape(m, -1, 1, 1), "box_head/maps/w"),
+                           g.const(np.asarray(maps["bias"], np.float32), "box_head/maps/b")], "box_maps",
+                  kernel_shape=[1, 1])
+    logits = g.op("Reshape", [logits, g.const(np.array([0, m, -1], np.int64), "shape")])
+    weights = g.op("Softmax", [logits], "box_weights", axis=-1)  # [B, M, P], positions row-major as the model's
+    h, w = hw
+    grid = box_grid(h, w)  # [P, 2] position centres, as the model's
+    mean = g.op("MatMul", [weights, g.const(grid, "box_grid")], "box_mean")  # [B, M, 2]
+    diff = g.op("Sub", [g.const(grid[None, None], "box_grid"), g.op("Unsqueeze", [mean, g.const(np.array([2], np.int64), "axes")])])
+    var = g.op("ReduceSum", [g.op("Mul", [g.op("Unsqueeze", [weights, g.const(np.array([3], np.int64), "axes")]),
+                                          g.op("Mul", [diff, diff])]), g.const(np.array([2], np.int64), "axes")],
+               keepdims=0)  # [B, M, 2]
+    spread = g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(1e-6), "eps")])], "box_spread")
+    flat = lambda t: g.op("Reshape", [t, g.const(np.array([-1, 2 * m], np.int64), "shape")])
+    located = g.op("Concat", [flat(mean), flat(spread), pooled], "box_located", axis=1)
+    raw = g.op("Sigmoid", [self.dense(self.gelu_tanh(self.dense(located, "box_head/fc1")), "box_head/fc2")])
+    first = g.op("Gather", [raw, g.const(np.array([0, 1], np.int64), "x0y0")], axis=1)
+    second = g.op("Gather", [raw, g.const(np.array([2, 3], np.int64), "x1y1")], axis=1)
+    g.nodes.append(g.onnx.helper.make_node("Concat", [g.op("Min", [first, second]), g.op("Max", [first, second])],
+                                           [out], name=out, axis=1))
+
   def build(self, image_size: int, num_classes: int):
     cfg, g = self.cfg, self.g
     onnx = g.onnx
@@ -212,21 +320,28 @@ class _Builder:
     if cfg.feat_mult:
       x, hw = self.conv(x, hw, "final_conv", k=1)
     x = self.act(x)
-    pooled = g.op("Flatten", [g.op("GlobalAveragePool", [x])], "pooled")
     head = self.params["head"]
-    logits = g.op("Gemm", [pooled, g.const(np.asarray(head["kernel"], np.float32), "head/w"),
-                           g.const(np.asarray(head["bias"], np.float32), "head/b")], "logits")
-    g.nodes.append(onnx.helper.make_node("Sigmoid", [logits], [OUTPUT_NAME], name=OUTPUT_NAME))
-    # A second output, after the scores WD tools read as output 0: the pooled features, so the
-    # onnxruntime backend of `Tagger` can embed images (search index, near-duplicates) too.
-    g.nodes.append(onnx.helper.make_node("Identity", [pooled], [EMBEDDING_NAME], name=EMBEDDING_NAME))
     num_features = int(np.shape(head["kernel"])[0])
+    pooled = self.pool(x, num_features)  # dropout before the head is the identity at inference
+    logits = self.dense(pooled, "head")
+    if "heteroscedastic_tags" in cfg.heads:
+      self.heteroscedastic_probs(pooled, logits, num_classes, OUTPUT_NAME)
+    else:
+      g.nodes.append(onnx.helper.make_node("Sigmoid", [logits], [OUTPUT_NAME], name=OUTPUT_NAME))
+    value_info = lambda name, dims: onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", dims])
+    outputs = [value_info(OUTPUT_NAME, num_classes)]
+    if "box" in cfg.heads:
+      # Second, after the scores WD tools read as output 0.
+      self.box(x, hw, pooled, BOX_NAME)
+      outputs.append(value_info(BOX_NAME, 4))
+    # Last: the pooled features, so the onnxruntime backend of `Tagger` can embed images (search
+    # index, near-duplicates) too.
+    g.nodes.append(onnx.helper.make_node("Identity", [pooled], [EMBEDDING_NAME], name=EMBEDDING_NAME))
+    outputs.append(value_info(EMBEDDING_NAME, num_features))
     graph = onnx.helper.make_graph(
         g.nodes, "sw_zoo_tagger",
         [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", image_size, image_size, 3])],
-        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["batch", num_classes]),
-         onnx.helper.make_tensor_value_info(EMBEDDING_NAME, onnx.TensorProto.FLOAT, ["batch", num_features])],
-        initializer=g.initializers)
+        outputs, initializer=g.initializers)
     return graph
 
 
@@ -241,6 +356,15 @@ def to_onnx(cfg: NFNetConfig, params: dict[str, Any], *, image_size: int, metada
     nested_by_layer.setdefault(layer, {})[leaf] = value
   if "head" not in nested_by_layer:
     raise ValueError("ONNX export needs a model with a head (num_classes > 0)")
+  # The heads' params must be those the config names: a box head the config does not list would
+  # silently lose its output, and one it lists without params is a config from another run.
+  wanted = {"attn_pool": cfg.pool == "attention", "het": "heteroscedastic_tags" in cfg.heads,
+            "box_head": "box" in cfg.heads}
+  for prefix, want in wanted.items():
+    have = any(layer == prefix or layer.startswith(prefix + "/") for layer in nested_by_layer)
+    if have != want:
+      raise ValueError(f"ONNX export: the params {'have' if have else 'lack'} {prefix!r} but the config "
+                       f"(heads={cfg.heads}, pool={cfg.pool!r}) {'does not use' if have else 'needs'} it")
   num_classes = int(np.shape(nested_by_layer["head"]["kernel"])[-1])
   graph = _Builder(cfg, nested_by_layer).build(int(image_size), num_classes)
   model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
@@ -268,6 +392,8 @@ def bundle_to_onnx_bytes(bundle, *, metadata: dict[str, str] | None = None) -> b
       "sw_zoo.input": "NHWC float32 BGR 0-255, padded to a white square and resized to image_size",
       "sw_zoo.output": "sigmoid scores in selected_tags.csv row order",
       "sw_zoo.thresholds": json.dumps(bundle.thresholds),
+      **({"sw_zoo.box": f"output {BOX_NAME!r}: x0, y0, x1, y1 in [0, 1] of the input square"}
+         if "box" in cfg.heads else {}),
       **dict(metadata or {}),
   }
   return to_onnx(cfg, bundle.params, image_size=bundle.image_size, metadata=metadata).SerializeToString()

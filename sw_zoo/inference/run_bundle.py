@@ -231,6 +231,11 @@ def _graph(source: model_source.ModelSource, params: dict[str, Any], tags: vocab
   """model.onnx bytes (rows as `plan` says, at `size`, in `precision`) and the precision report."""
   from sw_zoo.inference import onnx_export
 
+  if not plan.identity and "het" in params:
+    # Its fixed evaluation noise is drawn per model row: re-ordered rows would get other draws.
+    raise ValueError(f"{source.described} has a heteroscedastic tag head, which exports only in its own tag "
+                     f"order; this layout ({plan.layout}) re-orders or pads the rows: export with the bundle's "
+                     "own selected_tags.csv instead")
   head_params = params if plan.identity else tool_layouts.adapt_head(params, plan.rows)
   meta = tool_layouts.metadata(plan.layout, tags, plan)
   if csv_sha256:

@@ -3,6 +3,7 @@
     tagger = sw_zoo.load_pretrained("runs/demo/bundle")
     p = tagger.predict("post.jpg")                     # one input -> one Prediction
     p.rating, p.general[:5], p.character               # {'general': 0.93, ...}, [('1girl', 0.99), ...]
+    p.box                                              # (x0, y0, x1, y1) of the image, with a box head
     preds = tagger.predict(["a.png", pil_image, rgb_uint8_array], thresholds={"general": 0.3})
     vectors = tagger.embed(paths)                      # [N, num_features] pooled features
 
@@ -35,7 +36,7 @@ from sw_zoo.inference import backends
 from sw_zoo.inference.bundle import Bundle, read_bundle
 from sw_zoo.data import image_io
 from sw_zoo.data import vocab as vocab_lib
-from sw_zoo.data.preprocess import preprocess_eval
+from sw_zoo.data.preprocess import box_to_source, preprocess_eval
 
 # WD taggers' MCut for characters never goes below this (a gap among near-zero scores is noise).
 CHARACTER_MCUT_FLOOR = 0.15
@@ -50,6 +51,8 @@ class Prediction:
   general: list[tuple[str, float]]  # tags at or above the general threshold
   character: list[tuple[str, float]]  # tags at or above the character threshold
   other: dict[str, list[tuple[str, float]]] = dataclasses.field(default_factory=dict)  # more categories
+  # A model with a box head: (x0, y0, x1, y1) as fractions of the input image's width and height.
+  box: tuple[float, float, float, float] | None = None
 
   @property
   def rating_tag(self) -> str | None:
@@ -58,11 +61,15 @@ class Prediction:
 
   def to_json(self) -> dict[str, Any]:
     """{'rating': {tag: score}, 'general': {..}, 'character': {..}, 'other': {category: {..}}},
-    each ordered by score, highest first (what `sw-zoo serve` and `sw-zoo tag --output_path` write)."""
+    each ordered by score, highest first, plus 'box': [x0, y0, x1, y1] from a model with a box head
+    (what `sw-zoo serve` and `sw-zoo tag --output_path` write)."""
     ranked = lambda pairs: {name: round(float(score), 6) for name, score in pairs}  # noqa: E731
-    return {"rating": ranked(sorted(self.rating.items(), key=lambda kv: -kv[1])),
-            "general": ranked(self.general), "character": ranked(self.character),
-            "other": {category: ranked(pairs) for category, pairs in self.other.items()}}
+    out = {"rating": ranked(sorted(self.rating.items(), key=lambda kv: -kv[1])),
+           "general": ranked(self.general), "character": ranked(self.character),
+           "other": {category: ranked(pairs) for category, pairs in self.other.items()}}
+    if self.box is not None:
+      out["box"] = [round(float(v), 6) for v in self.box]
+    return out
 
 
 @dataclasses.dataclass
@@ -166,9 +173,19 @@ class Tagger:
                        "existed); re-export it, or use backend='jax' to embed")
     return int(dim)
 
+  @property
+  def has_box(self) -> bool:
+    """Whether the model predicts a box per image (a box head; `Prediction.box`)."""
+    return "box" in self.bundle.spec.overrides.get("heads", ())
+
   def preprocess(self, source: Any) -> np.ndarray:
     """Exactly what the model is fed for `source`: uint8 [image_size, image_size, 3] RGB."""
     return preprocess_eval(load_rgb(source), self.image_size)
+
+  def _prepare(self, source: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """The model input and the decoded image's (height, width), to map a box back onto it."""
+    rgb = load_rgb(source)
+    return preprocess_eval(rgb, self.image_size), rgb.shape[:2]
 
   # ---- Batched forward passes --------------------------------------------------------------
 
@@ -185,28 +202,31 @@ class Tagger:
              for i in range(0, len(images), self.batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, len(self.tags)), np.float32)
 
-  def _launch(self, chunk: list[tuple[Any, np.ndarray | None, Exception | None]], flip: bool):
-    images = [image for _, image, _ in chunk if image is not None]
+  def _launch(self, chunk: list[tuple[Any, tuple | None, Exception | None]], flip: bool):
+    images = [prepared[0] for _, prepared, _ in chunk if prepared is not None]
     if not images:
       return chunk, None
     # Asynchronous: the backend works while the next batch is decoded.
     return chunk, self.forward.launch(np.stack(images), batch_size=self.batch_size, flip=flip)
 
   @staticmethod
-  def _finish(launched) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, Exception | None]]:
+  def _finish(launched) -> Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, np.ndarray | None,
+                                          Exception | None]]:
     chunk, pending = launched
     if pending is not None:
-      probs, pooled = pending.result()
+      probs, pooled, boxes = pending.result()
     row = 0
-    for source, image, error in chunk:
-      if image is None:
-        yield source, None, None, error
+    for source, prepared, error in chunk:
+      if prepared is None:
+        yield source, None, None, None, error
       else:
-        yield source, probs[row], pooled[row], None
+        # The box is predicted on the letterboxed square: mapped back onto the image as given.
+        box = None if boxes is None else box_to_source(boxes[row], *prepared[1])
+        yield source, probs[row], pooled[row], box, None
         row += 1
 
   def _stream(self, sources: Iterable[Any], skip_errors: bool, tta: str | None = None):
-    """(source, scores, pooled, error) per source, in input order."""
+    """(source, scores, pooled, box or None, error) per source, in input order."""
     flip = backends.check_tta(tta)
     src_iter = iter(sources)
     pending: collections.deque = collections.deque()
@@ -218,7 +238,7 @@ class Tagger:
           source = next(src_iter, _END)
           if source is _END:
             return
-          pending.append((source, pool.submit(self.preprocess, source)))
+          pending.append((source, pool.submit(self._prepare, source)))
 
       chunk, valid, in_flight = [], 0, None
       fill()
@@ -257,14 +277,14 @@ class Tagger:
         keys.append(key)
         yield source
 
-    for _, scores, pooled, error in self._stream(sources(), skip_errors, tta):
+    for _, scores, pooled, _, error in self._stream(sources(), skip_errors, tta):
       yield keys.popleft(), scores, pooled, error
 
   def scores(self, inputs: Any, *, tta: str | None = None) -> np.ndarray:
     """Raw sigmoid scores, float32 [N, num_tags] ([num_tags] for one input). tta='flip': the
     mean of each image's and its mirror's (as `sw-zoo eval --tta flip`)."""
     single = _is_single(inputs)
-    rows = [s for _, s, _, _ in self._stream([inputs] if single else inputs, skip_errors=False, tta=tta)]
+    rows = [s for _, s, _, _, _ in self._stream([inputs] if single else inputs, skip_errors=False, tta=tta)]
     out = np.stack(rows) if rows else np.zeros((0, len(self.tags)), np.float32)
     return out[0] if single else out
 
@@ -272,7 +292,7 @@ class Tagger:
     """Pooled features (the input of the head), float32 [N, embedding_dim] ([embedding_dim] for one)."""
     self.embedding_dim  # a graph without the embedding output fails here, before any decoding
     single = _is_single(inputs)
-    rows = [p for _, _, p, _ in self._stream([inputs] if single else inputs, skip_errors=False)]
+    rows = [p for _, _, p, _, _ in self._stream([inputs] if single else inputs, skip_errors=False)]
     out = np.stack(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
     return out[0] if single else out
 
@@ -355,8 +375,10 @@ class Tagger:
     `skip_errors`, an unreadable input yields a result with its error instead of raising."""
     limits = self.tag_thresholds(thresholds)  # a bad threshold fails before any work
     backends.check_tta(tta)
-    for source, scores, _, error in self._stream(sources, skip_errors, tta):
+    for source, scores, _, box, error in self._stream(sources, skip_errors, tta):
       prediction = None if scores is None else self.decide(scores, mcut=mcut, top_k=top_k, limits=limits)
+      if prediction is not None and box is not None:
+        prediction.box = tuple(float(v) for v in box)
       yield TagResult(source, prediction, error)
 
   def predict(self, inputs: Any, *, thresholds: Thresholds = None, mcut: bool = False,

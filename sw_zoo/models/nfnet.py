@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from sw_zoo.models.heads import POOLS, AttentionPool, BoxHead, HeteroscedasticTagHead, check_heads
 from sw_zoo.models.layers import (ACTIVATIONS, ATTENTIONS, CONV_IMPLS, ECA, PADDINGS, DropPath, SqueezeExcite,
                                   StdConv, get_activation, make_divisible, param_init)
 
@@ -62,12 +63,21 @@ class NFNetConfig:
   head_prior_prob: float | None = None  # head bias = logit(p) (rare-tag prior for sigmoid BCE)
   input_mean: tuple[float, float, float] = IMAGENET_MEAN
   input_std: tuple[float, float, float] = IMAGENET_STD
+  # Output heads and pooling (sw_zoo/models/heads.py): exactly one tag head ('tags' or
+  # 'heteroscedastic_tags'), optionally 'box'; 'mean' or 'attention' pooling.
+  heads: tuple[str, ...] = ("tags",)
+  pool: str = "mean"
+  pool_heads: int = 8               # attention pooling: query heads (must divide num_features)
+  het_rank: int = 6                 # heteroscedastic head: rank of the low-rank noise covariance
+  het_samples: int = 16             # ... Monte Carlo samples averaged per image
+  het_temperature: float = 1.0      # ... sigmoid temperature of the sampled logits
+  het_noise_scale: float = 1.0      # ... multiplies the sampled noise (0 would be the plain head)
 
   def __post_init__(self):
     def bad(key, msg):
       raise ValueError(f"NFNetConfig.{key}: {msg}")
     # Coerce lists (from ConfigDicts / JSON) so the config stays hashable.
-    for key in ("depths", "channels", "input_mean", "input_std"):
+    for key in ("depths", "channels", "input_mean", "input_std", "heads"):
       object.__setattr__(self, key, tuple(getattr(self, key)))
     if len(self.depths) != len(self.channels) or not self.depths:
       bad("depths", f"{self.depths} and channels {self.channels} must be non-empty and the same length")
@@ -89,6 +99,19 @@ class NFNetConfig:
       bad("drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
     if self.head_prior_prob is not None and not 0.0 < self.head_prior_prob < 1.0:
       bad("head_prior_prob", f"must be in (0, 1) or None, got {self.head_prior_prob}")
+    try:
+      check_heads(self.heads)
+    except ValueError as e:
+      bad("heads", str(e))
+    if self.pool not in POOLS:
+      bad("pool", f"{self.pool!r} is not one of {POOLS}")
+    if self.pool == "attention" and (self.pool_heads < 1 or self.num_features % self.pool_heads):
+      bad("pool_heads", f"{self.pool_heads} must be >= 1 and divide the {self.num_features} pooled features")
+    if self.het_rank < 1 or self.het_samples < 1:
+      bad("het_rank", f"rank {self.het_rank} and het_samples {self.het_samples} must be >= 1")
+    if not self.het_temperature > 0 or not self.het_noise_scale >= 0:
+      bad("het_temperature", f"needs het_temperature > 0 and het_noise_scale >= 0, got "
+                             f"{self.het_temperature}, {self.het_noise_scale}")
     for c in self.channels:
       mid, groups = self.bottleneck(c)
       if groups < 1:
@@ -311,9 +334,11 @@ class NFNet(nn.Module):
       with ``num_classes == 0`` there is no head and it returns the pooled embedding instead;
     * ``return_features=True`` returns a dict: 'stem' (stem output; stride 4 for 'deep_quad'
       and '*_pool', 2 otherwise), 'stages' (one [B, h, w, C] per stage: the residual stream), 'pooled'
-      [B, num_features] float32 (the embedding) and 'logits' (absent when num_classes == 0).
-  ``train=True`` enables head dropout (RNG stream ``'dropout'``) and drop path (stream
-  ``'drop_path'``); pass both in ``rngs`` when drop_rate / drop_path_rate are non-zero.
+      [B, num_features] float32 (the embedding), 'logits' (absent when num_classes == 0) and, with
+      a box head (``cfg.heads``), 'box' [B, 4] float32: x0, y0, x1, y1 in [0, 1] of the input.
+  ``train=True`` enables head dropout (RNG stream ``'dropout'``), drop path (stream
+  ``'drop_path'``) and the heteroscedastic head's noise (stream ``'heteroscedastic'``); pass
+  them in ``rngs`` when used.
   """
   cfg: NFNetConfig
   num_classes: int
@@ -368,7 +393,11 @@ class NFNet(nn.Module):
       x = StdConv(cfg.num_features, 1, gamma=conv_gamma, eps=cfg.std_conv_eps, padding=cfg.padding,
                   name="final_conv", **common)(x)
     x = act_fn(x)
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if cfg.pool == "attention":
+      pooled = AttentionPool(cfg.pool_heads, logical_axes=self.logical_axes, param_dtype=self.param_dtype,
+                             name="attn_pool")(x)
+    else:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     features["pooled"] = pooled
     if self.num_classes == 0:
       return features if return_features else pooled
@@ -380,10 +409,19 @@ class NFNet(nn.Module):
     kernel_init = (nn.initializers.normal(cfg.head_init_std) if cfg.head_init_std > 0
                    else nn.initializers.zeros)
     kernel_init = param_init(kernel_init, ("embed", "tags"), self.logical_axes)
-    bias_init = param_init(bias_init, ("tags",), self.logical_axes)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      kernel_init=kernel_init, bias_init=bias_init, name="head")(h.astype(self.dtype))
+                      kernel_init=kernel_init, bias_init=param_init(bias_init, ("tags",), self.logical_axes),
+                      name="head")(h.astype(self.dtype))
+    if "heteroscedastic_tags" in cfg.heads:
+      # The plain head's logits are the noise's mean: same params, so either warm-starts the other.
+      logits = HeteroscedasticTagHead(
+          rank=cfg.het_rank, num_samples=cfg.het_samples, temperature=cfg.het_temperature,
+          noise_scale=cfg.het_noise_scale, logical_axes=self.logical_axes, dtype=self.dtype,
+          param_dtype=self.param_dtype, name="het")(h.astype(self.dtype), logits, train=train)
     logits = logits.astype(jnp.float32)
+    if "box" in cfg.heads:
+      features["box"] = BoxHead(logical_axes=self.logical_axes, dtype=self.dtype, param_dtype=self.param_dtype,
+                                name="box_head")(x, pooled)
     if return_features:
       features["logits"] = logits
       return features

@@ -36,12 +36,39 @@ class ModelSpec:
             "num_tags": self.num_tags, "overrides": dict(self.overrides)}
 
 
+def heads_of(value: Any) -> tuple[str, ...]:
+  """config.model.heads ('tags,box' or a sequence) -> ('tags', 'box')."""
+  if isinstance(value, str):
+    return tuple(h.strip() for h in value.split(",") if h.strip())
+  return tuple(str(h) for h in value)
+
+
+def head_overrides(model: Mapping[str, Any]) -> dict[str, Any]:
+  """The NFNetConfig fields a run config's heads / pooling set (config.model.heads, .pool,
+  .pool_heads, .het.*). Only what differs from a plain tags head with mean pooling is listed, so
+  such runs (and their bundles' config.json) look exactly as before these options existed."""
+  out: dict[str, Any] = {}
+  heads = heads_of(model.get("heads", "tags") or "tags")
+  if heads != ("tags",):
+    out["heads"] = list(heads)
+  if (model.get("pool") or "mean") != "mean":
+    out["pool"] = model["pool"]
+    out["pool_heads"] = int(model.get("pool_heads", 8))
+  if "heteroscedastic_tags" in heads:
+    het = model.get("het") or {}
+    for key, kind in (("rank", int), ("samples", int), ("temperature", float), ("noise_scale", float)):
+      if key in het:
+        out[f"het_{key}"] = kind(het[key])
+  return out
+
+
 def spec_from_run_config(config: Mapping[str, Any], num_tags: int) -> ModelSpec:
   """The model a training config (a ConfigDict or its config.json) builds, with `num_tags` outputs."""
   model = config["model"]
   attn = model.get("attn") if hasattr(model, "get") else model["attn"]
   return ModelSpec(name=model["name"], num_tags=int(num_tags), act=model.get("act"),
-                   attn=None if attn in (None, "none") else attn, dtype=str(model.get("dtype") or "float32"))
+                   attn=None if attn in (None, "none") else attn, dtype=str(model.get("dtype") or "float32"),
+                   overrides=head_overrides(model))
 
 
 def training_options(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ from typing import Any
 from sw_zoo.data.augment_spec import parse_spec as parse_augment_spec
 from sw_zoo.sharding import RULE_SETS, resolve_rules
 from sw_zoo.data.balance import LOSS_WEIGHT_METHODS
+from sw_zoo.data.sampling import parse_stages
 from sw_zoo.evaluation.thresholds import TUNE_METHODS
 from sw_zoo.train.early_stop import METRICS as EARLY_STOP_METRICS
-from sw_zoo.train.losses import LOSS_NAMES
+from sw_zoo.train.losses import LOSS_NAMES, ROBUST_MODES
 from sw_zoo.train.optimizer import OPTIMIZERS, SCHEDULES
 from sw_zoo.train.writer import WANDB_MODES
 
@@ -80,6 +81,7 @@ def validate(config: Any) -> None:
   check("model.drop_path_rate", lambda v: 0 <= v < 1, "a number in [0, 1)")
   check("model.remat", lambda v: isinstance(v, bool), "True or False")
   check("loss.name", lambda v: v in LOSS_NAMES, f"one of {LOSS_NAMES}")
+  _check_heads(config, check, problems)
   check("loss.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
   check("loss.asl_gamma_neg", lambda v: v >= 0, "a number >= 0")
   check("loss.asl_gamma_pos", lambda v: v >= 0, "a number >= 0")
@@ -99,7 +101,16 @@ def validate(config: Any) -> None:
   check("mix.cutmix_alpha", lambda v: v >= 0, "a number >= 0 (0 disables CutMix)")
   check("mix.switch_prob", lambda v: 0 <= v <= 1, "a probability")
   check("mix.prob", lambda v: 0 <= v <= 1, "a probability")
+  synthetic = (config.get("data") or {}).get("synthetic") or {}
+  if "box" in synthetic:
+    check("data.synthetic.box", lambda v: isinstance(v, bool), "True or False")
+  if "correlated_noise" in synthetic:
+    check("data.synthetic.correlated_noise", lambda v: 0 <= v < 1, "a probability in [0, 1) (0: clean labels)")
   check("data.repeat_factor_threshold", lambda v: v >= 0, "a tag frequency >= 0 (0 disables over-sampling)")
+  check("data.max_repeat", lambda v: v == 0 or v >= 1, "0 (no cap) or a number >= 1 (appearances per epoch)")
+  check("data.tag_cap", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an int >= 0 (images per over-represented tag per epoch; 0: off)")
+  problems += _sampling_problems(config)
   if "data" in config and "augment_spec" in config.data:
     try:
       parse_augment_spec(config.data.augment_spec.to_dict())
@@ -121,6 +132,12 @@ def validate(config: Any) -> None:
   check("optim.onecycle_final_div_factor", lambda v: v >= 1, "a number >= 1")
   check("optim.grad_accum_steps", positive_int, "a positive int")
   check("optim.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1) (0 disables the EMA)")
+  check("optim.plateau.factor", lambda v: 0 <= v < 1, "a number in [0, 1) (LR multiplier per cut; 0 disables)")
+  check("optim.plateau.patience", lambda v: isinstance(v, int) and v >= 1,
+        "an int >= 1 (evaluations without a gain before each cut)")
+  check("optim.plateau.min_delta", lambda v: v >= 0, "a number >= 0")
+  check("optim.plateau.min_scale", lambda v: 0 < v <= 1, "a number in (0, 1] (floor on the LR multiplier)")
+  check("optim.plateau.metric", lambda v: v in EARLY_STOP_METRICS, f"one of {EARLY_STOP_METRICS}")
   check("init.checkpoint", lambda v: isinstance(v, str), "a checkpoint path or ''")
   check("init.freeze", _is_regex, "a regular expression over param paths, or ''")
   check("init.unfreeze_at", lambda v: 0 <= v < 1, "a fraction of the run in [0, 1) (0: frozen throughout)")
@@ -153,6 +170,75 @@ def validate(config: Any) -> None:
   check("profile.all_processes", lambda v: isinstance(v, bool), "True or False")
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _check_heads(config: Any, check, problems: list[str]) -> None:
+  """model.heads / pool / het and the losses that go with them (loss.robust*, loss.box_*)."""
+  from sw_zoo.models.heads import POOLS, check_heads
+  from sw_zoo.models.spec import heads_of
+
+  def heads_ok(value) -> bool:
+    check_heads(heads_of(value))
+    return True
+  check("model.heads", heads_ok, "a comma-separated list with exactly one of tags / heteroscedastic_tags, "
+        "and optionally box")
+  model = config.get("model") or {}
+  if "pool" in model:
+    check("model.pool", lambda v: v in POOLS, f"one of {POOLS}")
+    check("model.pool_heads", lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
+  if "het" in model:
+    check("model.het.rank", lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
+    check("model.het.samples", lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
+    check("model.het.temperature", lambda v: v > 0, "a number > 0")
+    check("model.het.noise_scale", lambda v: v >= 0, "a number >= 0")
+  loss = config.get("loss") or {}
+  if "robust" in loss:
+    check("loss.robust", lambda v: v in ROBUST_MODES, f"one of {ROBUST_MODES}")
+    adaptive = loss.get("robust") == "adaptive"
+    check("loss.robust_alpha", lambda v: (0 < v < 2) if adaptive else v == v,
+          "a number in (0, 2) for the adaptive loss" if adaptive else "a number")
+    check("loss.robust_scale", lambda v: v > 0, "a number > 0")
+    check("loss.robust_lr", lambda v: v > 0, "a number > 0")
+  if "box_weight" in loss:
+    check("loss.box_weight", lambda v: v >= 0, "a number >= 0")
+    check("loss.box_beta", lambda v: v >= 0, "a number >= 0 (0: plain L1)")
+  try:
+    wants_box = "box" in heads_of(model.get("heads", "tags"))
+  except TypeError:
+    return  # reported above
+  mix = config.get("mix") or {}
+  if wants_box and (mix.get("mixup_alpha") or mix.get("cutmix_alpha")):
+    problems.append(f"config.model.heads={model['heads']!r} has a box head, but config.mix mixes images "
+                    "(mixup_alpha / cutmix_alpha), which leaves no single box to predict: set both to 0")
+
+
+def _number(value) -> float:
+  """A config number, or 0 for anything else (its own check reports the bad type)."""
+  return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _sampling_problems(config: Any) -> list[str]:
+  """config.data.stages parses, and the sampling options that only work together are set together."""
+  data = config.get("data") or {}
+  threshold, cap = _number(data.get("repeat_factor_threshold")), _number(data.get("tag_cap"))
+  problems = []
+  if _number(data.get("max_repeat")) > 0 and threshold <= 0:
+    problems.append(f"config.data.max_repeat={data['max_repeat']} needs config.data.repeat_factor_threshold > 0: "
+                    "it caps the repeat factors that threshold gives")
+  spec = data.get("stages", "")
+  try:
+    stages = parse_stages(spec)
+  except ValueError as e:
+    return problems + [f"config.data.stages = {spec!r}: {e}"]
+  balanced_stage = any(s.sampling == "balanced" for s in stages)
+  if balanced_stage and threshold <= 0 and cap <= 0:
+    problems.append(f"config.data.stages = {spec!r} has a 'balanced' stage but nothing balances it: set "
+                    "config.data.repeat_factor_threshold and/or config.data.tag_cap")
+  elif stages and not balanced_stage and (threshold > 0 or cap > 0):
+    # Silently ignoring them would report a balanced run that never was.
+    problems.append(f"config.data.stages = {spec!r} has no 'balanced' stage, so config.data.repeat_factor_threshold "
+                    "/ tag_cap would have no effect: add one (e.g. 'balanced:2epochs,all') or set them to 0")
+  return problems
 
 
 def check_devices(config: Any, num_devices: int) -> None:

@@ -21,17 +21,18 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sw_zoo import run_dir, storage, sharding
-from sw_zoo.data import balance, dataset_info, mixing, pipeline, vocab
-from sw_zoo.evaluation import metrics
+from sw_zoo.data import balance, dataset_info, mixing, pipeline, sampling, vocab
+from sw_zoo.evaluation import box_metrics, metrics
 from sw_zoo.evaluation import thresholds as thresholds_lib
 from sw_zoo.evaluation.evaluator import Evaluator
 from sw_zoo.inference import run_bundle
 from sw_zoo.models import abstract_params
-from sw_zoo.models.spec import remat_compiler_options, spec_from_run_config, training_options
+from sw_zoo.models.spec import heads_of, remat_compiler_options, spec_from_run_config, training_options
 from sw_zoo.train import budget, config_check, losses, optimizer, profiling, recipe, steps, throughput, warm_start
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
 from sw_zoo.train.early_stop import EarlyStop
 from sw_zoo.train.periodic import itstime
+from sw_zoo.train.plateau import Plateau
 from sw_zoo.train.preemption import StopRequest
 from sw_zoo.train.writer import MetricWriter
 
@@ -100,24 +101,33 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
       f"({total_steps / steps_per_epoch:.1f} epochs)")
 
   model = spec_from_run_config(config, len(tags)).create(**training_options(config))
+  with_box = "box" in heads_of(config.model.get("heads", "tags"))
+  if with_box:
+    _check_boxes(info, data_dir, config.model.heads)
   schedule = optimizer.make_schedule(config.optim, total_steps, warmup_steps)
   tx = optimizer.make_optimizer(config.optim, schedule, freeze=config.init.freeze, unfreeze_step=unfreeze_step)
 
   # ---- State: initialised straight into its shardings, or restored from the workdir --------
   init_fn = functools.partial(steps.init_state, model, tx, image_size=image_size, seed=config.seed,
-                              ema=config.optim.ema_decay > 0)
+                              ema=config.optim.ema_decay > 0, loss_params=losses.init_loss_params(config.loss, len(tags)),
+                              loss_tx=losses.loss_optimizer(config.loss))
   abstract_state = jax.eval_shape(init_fn)
   config_check.check_freeze(config, abstract_state.params)
   rules = sharding.resolve_rules(config.param_sharding, config.sharding_rules)
   state_sh = sharding.state_shardings(
       abstract_state, sharding.param_shardings(abstract_params(model), mesh, rules), mesh)
+  # Stage boundaries are steps from step 0, so a budget's plan (made later) does not move them.
+  stages = sampling.stage_steps(sampling.parse_stages(config.data.get("stages", "")), steps_per_epoch)
+  if stages:
+    log(f"Sampling: {sampling.describe(stages)}")
   train_ds = pipeline.make_train_dataset(
       data_dir, split="train", global_batch_size=config.batch_size, image_size=image_size,
       seed=config.seed, process_index=jax.process_index(), process_count=n_proc,
       augment=config.data.augment, augment_spec=config.data.augment_spec.to_dict(),
       repeat_factor_threshold=config.data.repeat_factor_threshold or None,
-      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch,
-      num_workers=config.data.num_workers)
+      max_repeat=config.data.get("max_repeat", 0) or None, tag_cap=config.data.get("tag_cap", 0) or None,
+      stages=stages or None, num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch,
+      num_workers=config.data.num_workers, with_box=with_box)
   train_iter = iter(train_ds)
   storage.check_bucket(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local path or gs://...
@@ -130,6 +140,7 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
                       keep_best=config.checkpoint.keep_best,
                       best_metric=tracker.metric if tracker.enabled else "micro_f1")
   state = _restore_or_init(config, ckpt, train_iter, init_fn, abstract_state, state_sh)
+  plateau = _plateau(config, workdir, state)
   if jax.process_index() == 0:
     # Written only once the state exists: a refused resume leaves the run's config as it was.
     # eval / export rebuild the model from it.
@@ -141,7 +152,7 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
   train_fn_key = (total_steps, warmup_steps, unfreeze_step)  # the schedule the compiled step has
   writer = MetricWriter(workdir, config)
   evaluator = Evaluator(model, mesh=mesh, num_tags=len(tags), threshold=config.eval.threshold,
-                        params_sharding=state_sh.eval_params(),
+                        params_sharding=state_sh.eval_params(), box=with_box,
                         num_samples=config.eval.num_sample_predictions if writer.wants_predictions else 0)
 
   final_stats: dict[str, Any] = {}
@@ -155,6 +166,8 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
                            global_batch_size=config.eval.batch_size or config.batch_size, image_size=image_size,
                            num_threads=config.data.num_threads, prefetch=config.data.prefetch)
     val = metrics.f1_scores(result.stats)
+    if with_box:
+      val.update(box_metrics.box_scores(result.stats))
     writer.write(step, val, prefix="val/")
     if result.samples is not None:
       writer.log_predictions(step, result.samples, tags.names, threshold=config.eval.threshold)
@@ -236,7 +249,8 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
       profiler.step_done(step, state)
       pending.append(stats)
       if itstime(step, config.log_every_steps, total_steps):
-        _log_window(step, total_steps, jax.device_get(pending), timer, writer, step_flops, n_dev, peak)
+        _log_window(step, total_steps, jax.device_get(pending), timer, writer, step_flops, n_dev, peak,
+                    lr_scale=plateau.scale if plateau.enabled else None)
         pending.clear()
       # The final step is evaluated (and saved, ranked by that evaluation) after the loop.
       val = None
@@ -252,6 +266,12 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
           tracker.update(step, val)
           if jax.process_index() == 0:
             tracker.save()
+        if plateau.enabled:
+          if plateau.update(step, val):  # the next steps use the lower LR; this step's checkpoint holds it
+            state = state.replace(opt_state=optimizer.set_plateau_scale(state.opt_state, plateau.scale))
+            log(f"step {step:6d}  {plateau.describe()}")
+          if jax.process_index() == 0:
+            plateau.save()
       # Evaluated steps are saved with their F1 when keeping the best checkpoints.
       if not planning and (itstime(step, config.checkpoint.every_steps, total_steps, last=False) or (
           val is not None and config.checkpoint.keep_best > 0)):
@@ -278,6 +298,8 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
     result = {"step": step, "interrupted": False, "threshold": config.eval.threshold, **val}
     if tracker.stopped_at is not None:
       result["early_stopped_at"] = tracker.stopped_at
+    if plateau.enabled:
+      result["lr_scale"] = optimizer.plateau_scale(state.opt_state)  # the final state's multiplier
     if timer.run_images_per_s() is not None:
       result["train_images_per_s"] = timer.run_images_per_s()
       result["train_input_wait"] = timer.run_input_wait()
@@ -299,7 +321,8 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
       log(f"Wrote the model bundle {bundle_dir}"
           + (f" with {thresholds_lib.describe(thresholds)}" if thresholds else ""))
     log(f"Final (step {step}): micro-F1 {val['micro_f1']:.4f}  macro-F1 {val['macro_f1']:.4f}  "
-        f"P {val['micro_precision']:.4f}  R {val['micro_recall']:.4f} at threshold {config.eval.threshold}")
+        f"P {val['micro_precision']:.4f}  R {val['micro_recall']:.4f} at threshold {config.eval.threshold}"
+        + (f"; box mean IoU {val['box_mean_iou']:.4f}, IoU>=0.5 {val['box_iou50_accuracy']:.4f}" if with_box else ""))
     return result
   finally:
     profiler.close(step)  # after an error too: the trace up to it may show why
@@ -310,6 +333,20 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
     finally:
       ckpt.close()
       writer.close()
+
+
+def _plateau(config: Any, workdir: str, state: Any) -> Plateau:
+  """The optim.plateau tracker, counting from the evaluations up to the state's step; the LR
+  multiplier is the one the (restored) optimizer state holds."""
+  cfg = config.optim.get("plateau") or {}
+  plateau = Plateau.load(workdir, metric=cfg.get("metric", "micro_f1"), factor=cfg.get("factor", 0.0),
+                         patience=cfg.get("patience", 1), min_delta=cfg.get("min_delta", 0.0),
+                         min_scale=cfg.get("min_scale", 0.0))
+  if plateau.enabled:
+    note = plateau.resume(int(jax.device_get(state.step)), optimizer.plateau_scale(state.opt_state))
+    if note:
+      log(note)
+  return plateau
 
 
 def _restore_or_init(config: Any, ckpt: Checkpointer, train_iter: Any, init_fn: Any, abstract_state: Any,
@@ -348,8 +385,14 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
     tag_weights = jnp.asarray(balance.tag_loss_weights(
         tags.counts, num_train, method=config.loss_weights.method, beta=config.loss_weights.beta,
         clip=config.loss_weights.clip or None))
+  box = {}
+  if "box" in heads_of(config.model.get("heads", "tags")):
+    beta = float(config.loss.box_beta)
+    box = dict(box_loss_fn=lambda pred, target: losses.smooth_l1(pred, target, beta),
+               box_weight=float(config.loss.box_weight))
   return jax.jit(
       functools.partial(steps.train_step, model=model, tx=tx, loss_fn=losses.make_loss(config.loss),
+                        loss_tx=losses.loss_optimizer(config.loss), **box,
                         schedule=schedule, mix_fn=mix_fn, tag_weights=tag_weights,
                         accum_steps=config.optim.grad_accum_steps,
                         micro_batch_sharding=NamedSharding(mesh, P(None, sharding.BATCH_AXES)),
@@ -357,6 +400,16 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
                         skip_nonfinite=config.optim.skip_nonfinite),
       in_shardings=(state_sh, sharding.batch_sharding(mesh)), out_shardings=(state_sh, sharding.replicated(mesh)),
       donate_argnums=(0,))
+
+
+def _check_boxes(info: dict[str, Any], data_dir: str, heads: str) -> None:
+  """A box head needs boxes to learn from: refused before the first write when the training split
+  has none (dataset.json's splits.train.num_boxes, written by `sw-zoo prepare`)."""
+  if not dataset_info.num_boxes(info, "train"):
+    raise config_check.ConfigError(
+        f"config.model.heads={heads!r} has a box head, but the training split of {data_dir} has no boxes "
+        "(dataset.json splits.train.num_boxes): prepare it with --box-columns (manifests) or --box-ext (folders), "
+        "or generate the synthetic set with config.data.synthetic.box=True")
 
 
 def _unfreeze_step(config: Any, total_steps: int) -> int:
@@ -438,12 +491,17 @@ def _agreed(figures: list[float]) -> list[float]:
 
 
 def _log_window(step: int, total_steps: int, fetched: list[dict[str, Any]], timer: throughput.StepTimer,
-                writer: MetricWriter, step_flops: float | None, n_dev: int, peak: float | None) -> None:
+                writer: MetricWriter, step_flops: float | None, n_dev: int, peak: float | None,
+                lr_scale: float | None = None) -> None:
   """Means of the window's step stats (fetched in one host sync), throughput, input wait (share
-  of the window's time spent waiting for batches) and MFU: logged, written to metrics.jsonl / W&B."""
+  of the window's time spent waiting for batches) and MFU: logged, written to metrics.jsonl / W&B.
+  `lr_scale` (optim.plateau's multiplier, which the last step used) adds lr_scale and
+  effective_lr = lr x lr_scale; `lr` stays the schedule's."""
   window = timer.close_window(step)
   scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[-1]}
   scalars["lr"] = float(fetched[-1]["lr"])
+  if lr_scale is not None:
+    scalars["lr_scale"], scalars["effective_lr"] = lr_scale, scalars["lr"] * lr_scale
   scalars["skipped_steps"] = float(fetched[-1]["skipped_steps"])
   scalars["images_per_s"] = window.images_per_s
   scalars["input_wait"] = window.input_wait
@@ -452,7 +510,8 @@ def _log_window(step: int, total_steps: int, fetched: list[dict[str, Any]], time
   extra = f"  MFU {scalars['mfu']:.2%}" if "mfu" in scalars else ""
   if scalars["skipped_steps"]:
     extra += f"  skipped {int(scalars['skipped_steps'])} non-finite steps"
-  log(f"step {step:6d}/{total_steps}  loss {scalars['loss']:.4f}  lr {scalars['lr']:.2e}  "
+  scaled = f" x {lr_scale:.3g}" if lr_scale is not None and lr_scale != 1.0 else ""
+  log(f"step {step:6d}/{total_steps}  loss {scalars['loss']:.4f}  lr {scalars['lr']:.2e}{scaled}  "
       f"grad_norm {scalars['grad_norm']:.3f}  {window.images_per_s:.1f} img/s  "
       f"input wait {window.input_wait:.0%}{extra}")
 

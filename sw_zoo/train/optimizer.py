@@ -1,5 +1,10 @@
 """Learning-rate schedules and optax chains built from `config.optim` (and `config.init.freeze`).
 
+ReduceLROnPlateau (`config.optim.plateau`) is `scale_by_plateau`, last in the chain: a float32
+multiplier kept in the optimizer state (so every checkpoint carries the one its steps used), set
+host-side by the loop after an evaluation with `set_plateau_scale` (sw_zoo/train/plateau.py
+decides it).
+
 Param selection is by regular expression over '/'-joined param paths such as
 'stages_2_0/conv2/kernel' (stage 2, block 0) or 'head/kernel' (see `param_paths`), so recipes can say
 "no AGC on the head" or "freeze everything but the head" without code.
@@ -11,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -98,13 +104,69 @@ def make_optimizer(optim: Any, schedule: optax.Schedule, *, freeze: str = "",
     raise ValueError(f"config.optim.name: {optim.name!r} is not one of {OPTIMIZERS}")
   tx = optax.chain(*parts)
   if freeze and unfreeze_step > 0:
-    return optax.chain(tx, _zero_until(frozen_mask_fn(freeze), unfreeze_step))
-  if freeze:
+    tx = optax.chain(tx, _zero_until(frozen_mask_fn(freeze), unfreeze_step))
+  elif freeze:
     is_frozen = frozen_mask_fn(freeze)
     tx = optax.multi_transform(
         {"train": tx, "frozen": optax.set_to_zero()},
         lambda params: jax.tree.map(lambda f: "frozen" if f else "train", is_frozen(params)))
+  plateau = optim.get("plateau") or {}
+  if (plateau.get("factor") or 0) > 0:
+    # Only when enabled, so runs without it keep their optimizer state (and old checkpoints load).
+    tx = optax.chain(tx, scale_by_plateau())
   return tx
+
+
+class PlateauState(NamedTuple):
+  plateau_scale: jax.Array  # float32 scalar multiplying every update: the LR multiplier
+
+
+def scale_by_plateau() -> optax.GradientTransformation:
+  """Multiplies the updates by the state's `plateau_scale` (1 at init), which only
+  `set_plateau_scale` changes. Last in the chain, after the LR and weight decay are applied, it
+  scales exactly as multiplying the LR would (for sgd, adamw and lamb alike: their momentum and
+  moments are kept before the LR), and zero updates of frozen params stay zero."""
+  def init(params):
+    del params
+    return PlateauState(plateau_scale=jnp.ones([], jnp.float32))
+
+  def update(updates, state, params=None):
+    del params
+    updates = jax.tree.map(lambda u: u * state.plateau_scale.astype(u.dtype), updates)
+    return updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def _is_plateau(node: Any) -> bool:
+  return isinstance(node, PlateauState)
+
+
+def plateau_scale(opt_state: Any) -> float | None:
+  """The LR multiplier held in `opt_state`; None when the optimizer has no `scale_by_plateau`."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(s)]
+  return float(jax.device_get(found[0].plateau_scale)) if found else None
+
+
+def set_plateau_scale(opt_state: Any, scale: float) -> Any:
+  """`opt_state` with its LR multiplier set to `scale`, placed in the sharding the old one had
+  (the compiled step expects it there); the same value on every process."""
+  def replace(node):
+    if not _is_plateau(node):
+      return node
+    old = node.plateau_scale
+    value = np.asarray(scale, np.float32)
+    if isinstance(old, jax.Array):
+      # make_array_from_callback works on any mesh, multi-host included (every process places its
+      # own devices' copies of the replicated scalar).
+      new = jax.make_array_from_callback((), old.sharding, lambda _: value)
+    else:
+      new = jnp.asarray(value)
+    return PlateauState(plateau_scale=new)
+
+  if not any(_is_plateau(s) for s in jax.tree.leaves(opt_state, is_leaf=_is_plateau)):
+    raise ValueError("the optimizer has no plateau scale (config.optim.plateau.factor is 0)")
+  return jax.tree.map(replace, opt_state, is_leaf=_is_plateau)
 
 
 class _CountState(NamedTuple):

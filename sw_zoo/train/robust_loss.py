@@ -8,7 +8,8 @@ Geman-McClure (-2) and Welsch (-inf); the scale c > 0 sets the width of the quad
 (rho ~ 0.5 (x / c)^2 near 0 for every alpha). e6tag wrapped its focal loss in the adaptive loss
 (its write-up gives no details; one reading is x = the per-tag focal loss, alpha and c learned).
 
-Not wired into training (`config.loss` does not offer it yet): these are plain functions.
+Training uses them through `config.loss.robust` ('general': rho with a fixed alpha and c;
+'adaptive': `adaptive_nll` with alpha and c learned per tag), see `sw_zoo.train.losses.make_loss`.
 
 Training alpha and c: minimise `adaptive_nll`, not `adaptive_rho`. rho alone falls as alpha falls
 and as c grows, so gradient descent on it would just push alpha to the bottom of its range and c

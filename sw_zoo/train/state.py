@@ -19,6 +19,10 @@ class TrainState:
   ema_params: Any = None
   # int32 scalar: steps whose loss or gradients were NaN/Inf, so their update was skipped.
   skipped_steps: jax.Array | None = None
+  # The loss's own trainable params (config.loss.robust='adaptive': per-tag alpha and scale
+  # latents) and their optimizer state; None for every other loss.
+  loss_params: Any = None
+  loss_opt_state: Any = None
 
   def eval_params(self) -> Any:
     """The weights to evaluate and export: the EMA when there is one."""
