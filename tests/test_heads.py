@@ -236,8 +236,14 @@ def test_box_and_heteroscedastic_run_end_to_end(tmp_path):
   config = tiny_config(data, **{"model.heads": "heteroscedastic_tags,box", "model.pool": "attention",
                                 "model.pool_heads": 4, "model.het.samples": 4, "loss.robust": "adaptive",
                                 "total_steps": 4, "eval_every_steps": 2, "checkpoint.every_steps": 2})
+  train_and_evaluate(config, workdir)
+  # Resumes with the loss's learned params (and everything else) from the step-4 checkpoint.
+  config.total_steps = 6
   result = train_and_evaluate(config, workdir)
-  assert 0.0 <= result["box_mean_iou"] <= 1.0 and result["boxes"] == 16
+  assert result["step"] == 6 and 0.0 <= result["box_mean_iou"] <= 1.0 and result["boxes"] == 16
+  metrics_log = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  alphas = [m["train/robust_alpha"] for m in metrics_log if "train/robust_alpha" in m]
+  assert len(alphas) == 3 and alphas[0] != alphas[-1]  # logged, learned, and carried across the resume
 
   out = str(tmp_path / "eval")
   assert eval_cli.main([workdir, "--out", out, "--no-plots", "--timing-repeats", "0", "--no-progress"]) == 0
@@ -253,6 +259,22 @@ def test_box_and_heteroscedastic_run_end_to_end(tmp_path):
   x0, y0, x1, y1 = prediction.box
   assert 0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0
   assert prediction.to_json()["box"] == pytest.approx(list(prediction.box), abs=1e-6)
+  # With flip TTA the box is the mean of the image's and its mirror's (flipped back).
+  assert tagger.predict(wide, tta="flip").box is not None
+
+  # `sw-zoo serve` answers with the same box, in the upload's own frame.
+  import io
+
+  from starlette.testclient import TestClient
+
+  from sw_zoo.serve.app import create_app
+
+  buffer = io.BytesIO()
+  Image.fromarray(wide).save(buffer, format="PNG")
+  with TestClient(create_app(tagger, max_batch=2, max_wait_ms=2)) as client:
+    served = client.post("/tag", content=buffer.getvalue(), headers={"content-type": "image/png"})
+  assert served.status_code == 200, served.text
+  assert served.json()["box"] == pytest.approx(list(prediction.box), abs=1e-5)
 
 
 def test_box_head_is_refused_on_a_dataset_without_boxes(tmp_path):

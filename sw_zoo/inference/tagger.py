@@ -182,8 +182,9 @@ class Tagger:
     """Exactly what the model is fed for `source`: uint8 [image_size, image_size, 3] RGB."""
     return preprocess_eval(load_rgb(source), self.image_size)
 
-  def _prepare(self, source: Any) -> tuple[np.ndarray, tuple[int, int]]:
-    """The model input and the decoded image's (height, width), to map a box back onto it."""
+  def prepare(self, source: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """The model input (`preprocess`) and the decoded image's (height, width), which a box on
+    the input square needs to be mapped back onto the image (`box_to_source`)."""
     rgb = load_rgb(source)
     return preprocess_eval(rgb, self.image_size), rgb.shape[:2]
 
@@ -193,14 +194,22 @@ class Tagger:
     """Sigmoid scores float32 [N, num_tags] of already preprocessed images (uint8
     [N, image_size, image_size, 3], as `preprocess` makes them), in one forward pass per
     `batch_size` images. Thread-safe: a server may call it from worker threads."""
+    return self.outputs_of_batch(images, tta=tta)[0]
+
+  def outputs_of_batch(self, images: np.ndarray, *, tta: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(scores [N, num_tags], boxes [N, 4] on the input square or None without a box head) of
+    preprocessed images, as `scores_of_batch`."""
     flip = backends.check_tta(tta)
     images = np.asarray(images)
     want = (self.image_size, self.image_size, 3)
     if images.ndim != 4 or images.shape[1:] != want or images.dtype != np.uint8:
       raise ValueError(f"expected uint8 images [N, {want[0]}, {want[1]}, 3], got {images.dtype} {list(images.shape)}")
-    parts = [self.forward.launch(images[i:i + self.batch_size], batch_size=self.batch_size, flip=flip).result()[0]
+    parts = [self.forward.launch(images[i:i + self.batch_size], batch_size=self.batch_size, flip=flip).result()
              for i in range(0, len(images), self.batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, len(self.tags)), np.float32)
+    if not parts:
+      return np.zeros((0, len(self.tags)), np.float32), (np.zeros((0, 4), np.float32) if self.has_box else None)
+    scores = np.concatenate([p[0] for p in parts])
+    return scores, (np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None)
 
   def _launch(self, chunk: list[tuple[Any, tuple | None, Exception | None]], flip: bool):
     images = [prepared[0] for _, prepared, _ in chunk if prepared is not None]
@@ -238,7 +247,7 @@ class Tagger:
           source = next(src_iter, _END)
           if source is _END:
             return
-          pending.append((source, pool.submit(self._prepare, source)))
+          pending.append((source, pool.submit(self.prepare, source)))
 
       chunk, valid, in_flight = [], 0, None
       fill()

@@ -46,6 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from sw_zoo.data import image_io
+from sw_zoo.data.preprocess import box_to_source
 from sw_zoo.inference import captions
 from sw_zoo.serve.batcher import Batcher
 from sw_zoo.serve.metrics import ServeMetrics
@@ -246,9 +247,10 @@ class TaggingService:
                            on_pass=lambda n, tta, seconds: self.metrics.observe_pass(n, seconds))
     self.pool = ThreadPoolExecutor(decode_workers or min(4, os.cpu_count() or 1), thread_name_prefix="sw_zoo-serve-decode")
     self.caption_style = captions.CaptionStyle()
+    self.has_box = bool(getattr(tagger, "has_box", False))
     self.page = importlib.resources.files("sw_zoo.serve").joinpath("page.html").read_text(encoding="utf-8")
 
-  def _prepare(self, data: bytes) -> np.ndarray:
+  def _prepare(self, data: bytes) -> np.ndarray | tuple[np.ndarray, tuple[int, int]]:
     """The model input for one upload, after checking its pixel count from the header alone: a
     small, highly compressed file (a flat PNG) can decode to gigabytes, and the byte limit does
     not see that."""
@@ -260,11 +262,17 @@ class TaggingService:
     if width * height > self.max_pixels:
       raise ClientError(413, f"image of {width}x{height} = {width * height / 1e6:.0f} megapixels is over the "
                              f"limit of {self.max_pixels / 1e6:.0f} (--max-megapixels)")
+    if self.has_box:  # (input, decoded (height, width)): the box goes back in the upload's own frame
+      return self.tagger.prepare(data)
     return self.tagger.preprocess(data)
 
   def _forward(self, images: np.ndarray, *, tta: str | None) -> np.ndarray:
     # Looked up on every pass (not bound once) so a test can wrap the tagger's method.
-    return self.tagger.scores_of_batch(images, tta=tta)
+    if not self.has_box:
+      return self.tagger.scores_of_batch(images, tta=tta)
+    # Scores and box side by side in one row, so the batcher splits them per request unchanged.
+    scores, boxes = self.tagger.outputs_of_batch(images, tta=tta)
+    return np.concatenate([scores, boxes], axis=1)
 
   @property
   def model_name(self) -> str:
@@ -278,8 +286,13 @@ class TaggingService:
             "thresholds": self.tagger.thresholds_for(None), "max_batch": self.batcher.max_batch,
             "max_upload_bytes": self.max_upload_bytes}
 
-  def result(self, scores: np.ndarray, options: TagOptions) -> dict[str, Any]:
+  def result(self, scores: np.ndarray, options: TagOptions, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    box = None
+    if self.has_box:
+      scores, box = scores[:-4], scores[-4:]
     prediction = self.tagger.decide(scores, thresholds=options.thresholds, mcut=options.mcut, top_k=options.top_k)
+    if box is not None and size is not None:
+      prediction.box = tuple(float(v) for v in box_to_source(box, *size))
     out = prediction.to_json()
     out["caption"] = self.caption_style.separator.join(captions.caption_tags(prediction, self.caption_style))
     out["model"] = self.model_name
@@ -308,13 +321,17 @@ class TaggingService:
           raise image
     except ClientError as e:
       return _error(e.status, e.message)
+    sizes = [None] * len(decoded)
+    if self.has_box:
+      decoded, sizes = zip(*decoded)
     try:
       scores = await self.batcher.submit(list(decoded), tta=options.tta)
     except Exception as e:  # the server's fault, not the client's: 500, and keep serving
       self.metrics.forward_errors.inc()
       log.exception("forward pass failed")
       return _error(500, f"internal error in the forward pass: {type(e).__name__}: {e}")
-    results = await loop.run_in_executor(self.pool, lambda: [self.result(row, options) for row in scores])
+    results = await loop.run_in_executor(
+        self.pool, lambda: [self.result(row, options, size) for row, size in zip(scores, sizes)])
     self.metrics.images.inc(len(results))
     if multipart:
       for (name, _), result in zip(uploads, results):

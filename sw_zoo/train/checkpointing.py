@@ -12,6 +12,7 @@ resumes with the process count it was saved with (each process's data iterator i
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from typing import Any
@@ -20,7 +21,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from sw_zoo import run_dir
+from sw_zoo import run_dir, storage
+from sw_zoo.train.state import StateBeforeLossParams
 
 
 class _SkipUnrankedSaveWarning(logging.Filter):
@@ -106,10 +108,14 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
+    # A state without loss params may come from a checkpoint written before the field existed.
+    legacy = self._written_before_loss_params(step) and abstract_state.loss_params is None \
+        and abstract_state.loss_opt_state is None
+    item = StateBeforeLossParams.of(abstract_state) if legacy else abstract_state
     try:
       restored = self.manager.restore(
           step,
-          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(item),
                                   data=grain.checkpoint.CheckpointRestore(data_iterator)))
     except (ValueError, KeyError, TypeError) as e:
       # Orbax's message dumps both trees; its first line says what differs.
@@ -118,7 +124,16 @@ class Checkpointer:
           f"checkpoint {self.directory}/{step} does not match this config (different model, tag "
           f"count, optimizer or process count?). Resume with the config it was trained with, or "
           f"start a new run in another --workdir. Orbax said: {first}") from e
-    return step, restored["state"]
+    return step, restored["state"].upgrade() if legacy else restored["state"]
+
+  def _written_before_loss_params(self, step: int) -> bool:
+    """Whether the step's saved state has no `loss_params` entry (older sw_zoo)."""
+    path = storage.join(str(self.directory), str(step), "state", "_METADATA")
+    try:
+      tree = json.loads(storage.read_text(path)).get("tree_metadata") or {}
+    except (OSError, ValueError, AttributeError):
+      return False  # unreadable here: the plain restore reports what is wrong
+    return bool(tree) and not any(key.startswith("('loss_params'") for key in tree)
 
   def restore_arrays(self, step: int | None = None) -> Any:
     """The saved train state as a tree of host (numpy) arrays, without the data iterator: for

@@ -27,3 +27,24 @@ class TrainState:
   def eval_params(self) -> Any:
     """The weights to evaluate and export: the EMA when there is one."""
     return self.params if self.ema_params is None else self.ema_params
+
+
+@flax.struct.dataclass
+class StateBeforeLossParams:
+  """The train state as checkpoints written before `loss_params` existed hold it (same fields,
+  same names): such a checkpoint restores into this, then `upgrade` makes it a TrainState."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  ema_params: Any = None
+  skipped_steps: jax.Array | None = None
+
+  @classmethod
+  def of(cls, state: TrainState) -> "StateBeforeLossParams":
+    return cls(step=state.step, params=state.params, opt_state=state.opt_state, rng=state.rng,
+               ema_params=state.ema_params, skipped_steps=state.skipped_steps)
+
+  def upgrade(self) -> TrainState:
+    return TrainState(step=self.step, params=self.params, opt_state=self.opt_state, rng=self.rng,
+                      ema_params=self.ema_params, skipped_steps=self.skipped_steps)
