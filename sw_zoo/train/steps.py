@@ -101,7 +101,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any, tx
       total = tag_loss
       if with_box:
         box_loss = box_loss_fn(out["box"], targets["box"]) * targets["box_mask"]
-        # Mean over the images that have a box, so the weight means the same at any box density.
+        # Logged as the mean over the images that have a box (comparable at any box density); the
+        # loss itself averages over the batch like the tag loss, so box-less images weigh nothing.
         aux["box_loss"] = box_loss.sum() / jnp.maximum(targets["box_mask"].sum(), 1.0)
         total = total + box_weight * box_loss
       return total.mean(), aux
