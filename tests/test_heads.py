@@ -202,8 +202,8 @@ def test_box_scores_and_extremes():
   pred = np.asarray([[0, 0, 0.5, 0.5], [0, 0, 1, 1], [0.5, 0.5, 1, 1]], np.float32)
   true = np.asarray([[0, 0, 0.5, 0.5], [0, 0, 0.5, 1], [0, 0, 0.5, 0.5]], np.float32)
   np.testing.assert_allclose(box_metrics.iou(pred, true), [1.0, 0.5, 0.0], atol=1e-6)
-  stats = box_metrics.batch_box_stats(jnp.asarray(pred), jnp.asarray(true), jnp.asarray([1.0, 1.0, 0.0]),
-                                      jnp.asarray([True, True, True]))
+  stats = box_metrics.batch_box_stats(box_metrics.iou(jnp.asarray(pred), jnp.asarray(true), xp=jnp),
+                                      jnp.asarray([1.0, 1.0, 0.0]), jnp.asarray([True, True, True]))
   scores = box_metrics.box_scores(jax.device_get(stats))
   assert scores == {"boxes": 2, "box_mean_iou": pytest.approx(0.75), "box_iou50_accuracy": 1.0}
   keep = box_metrics.Extremes(1)

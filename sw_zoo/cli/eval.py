@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
   if lead:
     print(f"sw-zoo eval: {source.described}; {spec.name} act={spec.act} attn={spec.attn} at {source.image_size}px; "
           f"{data_dir} split {args.split!r}, {len(tags)} tags; batch {batch_size}, tta {args.tta}", flush=True)
-  has_box = "box" in (spec.overrides.get("heads") or ())
+  has_box = spec.has_box
   evaluator = Evaluator(model, mesh=mesh, num_tags=len(tags), threshold=threshold, num_bins=args.bins, tta=args.tta,
                         box=has_box)
   result = evaluator.run(source.nested_params(), data_dir, split=args.split, global_batch_size=batch_size,

@@ -51,15 +51,14 @@ def predict_probs(params: Any, images: jax.Array, *, model: Any, tta: str = "non
 
 def _accumulate(total: dict[str, jax.Array], params: Any, batch: dict[str, jax.Array], *, model: Any, tta: str,
                 threshold: float, num_bins: int, box: bool):
-  if not box:
-    probs = predict_probs(params, batch["image"], model=model, tta=tta)
-    new = batch_stats.batch_stats(probs, batch["labels"], batch["mask"], threshold=threshold, num_bins=num_bins)
-    return jax.tree.map(jnp.add, total, new), None
-  probs, boxes = predict_probs(params, batch["image"], model=model, tta=tta, box=True)
+  out = predict_probs(params, batch["image"], model=model, tta=tta, box=box)
+  probs, boxes = out if box else (out, None)
   new = batch_stats.batch_stats(probs, batch["labels"], batch["mask"], threshold=threshold, num_bins=num_bins)
-  new.update(box_metrics.batch_box_stats(boxes, batch["box"], batch["box_mask"], batch["mask"]))
-  rows = {"box": boxes, "iou": box_metrics.iou(boxes, batch["box"].astype(jnp.float32), xp=jnp)}
-  return jax.tree.map(jnp.add, total, new), rows
+  if not box:
+    return jax.tree.map(jnp.add, total, new), None
+  ious = box_metrics.iou(boxes, batch["box"].astype(jnp.float32), xp=jnp)
+  new.update(box_metrics.batch_box_stats(ious, batch["box_mask"], batch["mask"]))
+  return jax.tree.map(jnp.add, total, new), {"box": boxes, "iou": ious}
 
 
 @dataclasses.dataclass

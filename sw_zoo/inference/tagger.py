@@ -176,11 +176,11 @@ class Tagger:
   @property
   def has_box(self) -> bool:
     """Whether the model predicts a box per image (a box head; `Prediction.box`)."""
-    return "box" in self.bundle.spec.overrides.get("heads", ())
+    return self.bundle.spec.has_box
 
   def preprocess(self, source: Any) -> np.ndarray:
     """Exactly what the model is fed for `source`: uint8 [image_size, image_size, 3] RGB."""
-    return preprocess_eval(load_rgb(source), self.image_size)
+    return self.prepare(source)[0]
 
   def prepare(self, source: Any) -> tuple[np.ndarray, tuple[int, int]]:
     """The model input (`preprocess`) and the decoded image's (height, width), which a box on

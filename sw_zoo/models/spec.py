@@ -31,6 +31,11 @@ class ModelSpec:
                         dtype=jnp.dtype(dtype or self.dtype), conv_impl=conv_impl,
                         **dict(self.overrides), **training_options)
 
+  @property
+  def has_box(self) -> bool:
+    """Whether the model has a box head (`heads` in the overrides, see `head_overrides`)."""
+    return "box" in (self.overrides.get("heads") or ())
+
   def to_json(self) -> dict[str, Any]:
     return {"name": self.name, "act": self.act, "attn": self.attn, "dtype": self.dtype,
             "num_tags": self.num_tags, "overrides": dict(self.overrides)}

@@ -27,7 +27,7 @@ from sw_zoo.evaluation import thresholds as thresholds_lib
 from sw_zoo.evaluation.evaluator import Evaluator
 from sw_zoo.inference import run_bundle
 from sw_zoo.models import abstract_params
-from sw_zoo.models.spec import heads_of, remat_compiler_options, spec_from_run_config, training_options
+from sw_zoo.models.spec import remat_compiler_options, spec_from_run_config, training_options
 from sw_zoo.train import budget, config_check, losses, optimizer, profiling, recipe, steps, throughput, warm_start
 from sw_zoo.train.checkpointing import Checkpointer, abstract_with_shardings
 from sw_zoo.train.early_stop import EarlyStop
@@ -101,7 +101,7 @@ def train_and_evaluate(config: Any, workdir: str, *, recipe_record: dict[str, An
       f"({total_steps / steps_per_epoch:.1f} epochs)")
 
   model = spec_from_run_config(config, len(tags)).create(**training_options(config))
-  with_box = "box" in heads_of(config.model.get("heads", "tags"))
+  with_box = "box" in model.cfg.heads
   if with_box:
     _check_boxes(info, data_dir, config.model.heads)
   schedule = optimizer.make_schedule(config.optim, total_steps, warmup_steps)
@@ -386,7 +386,7 @@ def _jitted_train_step(config: Any, model: Any, tx: Any, schedule: Any, tags: vo
         tags.counts, num_train, method=config.loss_weights.method, beta=config.loss_weights.beta,
         clip=config.loss_weights.clip or None))
   box = {}
-  if "box" in heads_of(config.model.get("heads", "tags")):
+  if "box" in model.cfg.heads:
     beta = float(config.loss.box_beta)
     box = dict(box_loss_fn=lambda pred, target: losses.smooth_l1(pred, target, beta),
                box_weight=float(config.loss.box_weight))
